@@ -1,0 +1,1 @@
+"""dip_jax: Deep Image Prior in JAX."""

@@ -1,0 +1,253 @@
+"""Building blocks of the generators, numerically matching the original's PyTorch layers.
+
+Contract:
+- Activations are NHWC float32. Every layer works on one image (N = 1) or a
+  small batch that shares statistics; fitting several images or restarts at
+  once is done with `jax.vmap` over the generator (or `lax.map`), so each
+  image keeps its own BatchNorm statistics.
+- Initialisation follows PyTorch's defaults (DIP's fitting speed depends on
+  it): conv weights and biases uniform in (-1/sqrt(fan_in), 1/sqrt(fan_in)),
+  `fan_in = in_channels * k * k`; BatchNorm scale 1, offset 0.
+- BatchNorm always normalises with the statistics of the current batch
+  (biased variance, eps 1e-5), as the original never switches to eval mode.
+  Running statistics (momentum 0.1, unbiased variance, as PyTorch) are still
+  tracked in the `batch_stats` collection so weights can be exported back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dip_jax import kernels
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+PAD_MODES = ("zero", "reflection")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+DOWNSAMPLE_MODES = ("stride", "avg", "max", "lanczos2", "lanczos3")
+ACTIVATIONS = ("LeakyReLU", "Swish", "ELU", "ReLU", "none")
+
+
+def torch_uniform(bound: float) -> Callable:
+    """PyTorch's default conv init: U(-bound, bound) with bound = 1/sqrt(fan_in)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "LeakyReLU":
+        return jnp.where(x >= 0, x, 0.2 * x)
+    if name == "Swish":
+        return x * jax.nn.sigmoid(x)
+    if name == "ELU":
+        return jax.nn.elu(x)
+    if name == "ReLU":
+        return jax.nn.relu(x)
+    if name == "none":
+        return x
+    raise ValueError(f"unknown activation {name!r}; use one of {ACTIVATIONS}")
+
+
+def reflect_pad(x: jax.Array, p: int) -> jax.Array:
+    if p == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+
+
+class Conv(nn.Module):
+    """`conv(...)` of the original: optional reflection padding, then a conv.
+
+    `pad='zero'` lets the conv zero-pad by (k-1)//2; `pad='reflection'`
+    reflection-pads by (k-1)//2 and convolves without padding.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    use_bias: bool = True
+    pad: str = "zero"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        in_ch = x.shape[-1]
+        bound = 1.0 / math.sqrt(in_ch * k * k)
+        kernel = self.param("kernel", torch_uniform(bound), (k, k, in_ch, self.features))
+        p = (k - 1) // 2
+        if self.pad == "reflection":
+            x = reflect_pad(x, p)
+            padding = [(0, 0), (0, 0)]
+        else:
+            padding = [(p, p), (p, p)]
+        y = lax.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), padding, dimension_numbers=_DN
+        )
+        if self.use_bias:
+            bias = self.param("bias", torch_uniform(bound), (self.features,))
+            y = y + bias
+        return y
+
+
+class BatchNorm(nn.Module):
+    """Training-mode BatchNorm of PyTorch (the original never calls `.eval()`)."""
+
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        offset = self.param("bias", nn.initializers.zeros, (c,))
+        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.mean(jnp.square(x - mean), axis=axes)
+        if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+            n = math.prod(x.shape[:-1])
+            unbiased = var * (n / max(n - 1, 1))
+            m = self.momentum
+            running_mean.value = (1 - m) * running_mean.value + m * lax.stop_gradient(mean)
+            running_var.value = (1 - m) * running_var.value + m * lax.stop_gradient(unbiased)
+        inv = lax.rsqrt(var + self.eps) * scale
+        return (x - mean) * inv + offset
+
+
+class InstanceNorm(nn.Module):
+    """PyTorch InstanceNorm2d: per image and channel, biased variance, eps 1e-5."""
+
+    affine: bool = False
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + self.eps)
+        if self.affine:
+            c = x.shape[-1]
+            y = y * self.param("scale", nn.initializers.ones, (c,)) + self.param(
+                "bias", nn.initializers.zeros, (c,)
+            )
+        return y
+
+
+def upsample2x(x: jax.Array, mode: str) -> jax.Array:
+    """x2 upsampling as `nn.Upsample(scale_factor=2, mode)` (align_corners=False).
+
+    Bilinear x2 with half-pixel centres is a fixed 2-tap stencil per axis:
+    even outputs take 0.25*x[k-1] + 0.75*x[k], odd ones 0.75*x[k] + 0.25*x[k+1],
+    with clamped edges. Writing it as a stencil rather than a general resize
+    keeps it cheap and exactly PyTorch's arithmetic.
+    """
+    if mode == "nearest":
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if mode == "bilinear":
+        return _bilinear2x_axis(_bilinear2x_axis(x, 1), 2)
+    raise ValueError(f"unknown upsample mode {mode!r}; use one of {UPSAMPLE_MODES}")
+
+
+def _bilinear2x_axis(x: jax.Array, axis: int) -> jax.Array:
+    n = x.shape[axis]
+    prev = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+    nxt = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), lax.slice_in_dim(x, n - 1, n, axis=axis)], axis=axis)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    stacked = jnp.stack([even, odd], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    return stacked.reshape(shape)
+
+
+def pool2x(x: jax.Array, mode: str) -> jax.Array:
+    """`nn.AvgPool2d(2, 2)` / `nn.MaxPool2d(2, 2)` (floor on odd sizes)."""
+    window = (1, 2, 2, 1)
+    if mode == "avg":
+        return lax.reduce_window(x, 0.0, lax.add, window, window, "VALID") * 0.25
+    if mode == "max":
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID")
+    raise ValueError(f"unknown pool mode {mode!r}")
+
+
+def lanczos_kernel(kernel_type: str, factor: int = 2) -> np.ndarray:
+    """The kernel the original's in-net `Downsampler(phase=0.5)` uses."""
+    return kernels.downsampler_kernel(kernel_type, factor, phase=0.5)
+
+
+class DownConv(nn.Module):
+    """The first conv of a scale, with the original's downsampling variants.
+
+    `stride`: the conv itself has stride 2. `avg`/`max`/`lanczos*`: the conv
+    runs at stride 1 and is followed by 2x2 pooling or a Lanczos downsampler.
+
+    Faithfulness: the original builds the Lanczos downsampler as a full
+    `Conv2d(C, C, K)` whose weights are registered as trainable parameters (so
+    they count towards `num_params` and Adam updates them). dip_jax keeps the
+    Lanczos filter fixed by default (`train_lanczos=False`): the paper treats it
+    as a fixed anti-aliasing filter. `train_lanczos=True` reproduces the
+    original, with a (C, C, K, K)-equivalent trainable kernel initialised to the
+    diagonal Lanczos kernel and a zero bias.
+    """
+
+    features: int
+    kernel_size: int
+    use_bias: bool = True
+    pad: str = "zero"
+    downsample_mode: str = "stride"
+    train_lanczos: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.downsample_mode == "stride":
+            return Conv(self.features, self.kernel_size, 2, self.use_bias, self.pad, name="conv")(x)
+        y = Conv(self.features, self.kernel_size, 1, self.use_bias, self.pad, name="conv")(x)
+        if self.downsample_mode in ("avg", "max"):
+            return pool2x(y, self.downsample_mode)
+        if self.downsample_mode in ("lanczos2", "lanczos3"):
+            kern = jnp.asarray(lanczos_kernel(self.downsample_mode), jnp.float32)
+            if not self.train_lanczos:
+                return kernels.downsample(y, kern, 2, preserve_size=True)
+            c = self.features
+            full = self.param(
+                "lanczos_kernel",
+                lambda key: jnp.einsum("hw,io->hwio", kern, jnp.eye(c, dtype=jnp.float32)),
+            )
+            bias = self.param("lanczos_bias", nn.initializers.zeros, (c,))
+            k = kern.shape[0]
+            p = kernels.replication_pad_amount(k, 2)
+            y = jnp.pad(y, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+            return lax.conv_general_dilated(y, full, (2, 2), "VALID", dimension_numbers=_DN) + bias
+        raise ValueError(
+            f"unknown downsample mode {self.downsample_mode!r}; use one of {DOWNSAMPLE_MODES}"
+        )
+
+
+def lanczos_param_count(downsample_mode: str, channels: int) -> int:
+    """Parameters the original registers for an in-net Lanczos downsampler."""
+    if downsample_mode not in ("lanczos2", "lanczos3"):
+        return 0
+    k = lanczos_kernel(downsample_mode).shape[0]
+    return channels * channels * k * k + channels
+
+
+def center_crop_to(xs: list[jax.Array]) -> list[jax.Array]:
+    """The original `Concat`: centre-crop every input to the smallest H and W."""
+    h = min(x.shape[1] for x in xs)
+    w = min(x.shape[2] for x in xs)
+    out = []
+    for x in xs:
+        dh = (x.shape[1] - h) // 2
+        dw = (x.shape[2] - w) // 2
+        out.append(x[:, dh : dh + h, dw : dw + w, :])
+    return out
