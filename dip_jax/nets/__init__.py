@@ -120,3 +120,6 @@ __all__ = [
 ]
 
 from dip_jax.nets.presets import PRESETS, narrow, preset  # noqa: E402
+from dip_jax.nets import resnet, unet  # noqa: E402,F401  (registers them)
+from dip_jax.nets.resnet import ResNetConfig  # noqa: E402
+from dip_jax.nets.unet import UNetConfig  # noqa: E402

@@ -20,8 +20,10 @@ Architecture (filters `f = [64, 128, 256, 512, 1024] // feature_scale`):
   pooled to its scale; the encoder convs then produce `f_i - in` channels so
   the widths stay `f_i`.
 
-Module names: `start`, `down{1..4}`, `more_down{j}`, `more_up{j}`, `up{4..1}`
-(each with `conv1`/`norm1`/`conv2`/`norm2`, up blocks also `up`), `final`.
+Module names: encoder blocks `start`, `down{1..4}`, `more_down{j}` (each with
+`conv1`, `norm1`, `conv2`, `norm2`); decoder blocks `more_up{j}`, `up{4..1}`
+(each with `up`, the transposed conv or the conv after upsampling, and
+`conv/conv1`, `conv/conv2`); `final`.
 `torch_module_order` lists them in the order of the original's `state_dict()`.
 """
 

@@ -1,0 +1,151 @@
+"""The fitting engine: batching equals separate fits, no recompiles, seeds, denoising works, errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dip_jax import engine, metrics, nets, operators
+
+TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
+FAST = engine.FitConfig(num_steps=4, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2)
+
+
+def _images(n, size=16, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (n, size, size, channels)).astype(np.float32)
+
+
+# 'map' runs the very same per-item computation: equal to float round-off. Under
+# 'vmap' the convs become grouped convs with a different summation order, and
+# Adam's first steps turn round-off in the (mathematically zero) gradients of
+# the conv biases before BatchNorm into +-lr updates, so agreement is looser.
+@pytest.mark.parametrize("batch_mode,atol", [("map", 2e-5), ("vmap", 2e-3)])
+def test_batched_fit_equals_separate_fits(batch_mode, atol):
+    cfg = dataclasses.replace(FAST, batch_mode=batch_mode, ema_decay=0.9, backtrack=True)
+    ys = _images(3)
+    keys = jax.random.split(jax.random.key(3), 3)
+    together = engine.fit(keys, TINY, cfg, ys, ground_truth=ys)
+    for i in range(3):
+        alone = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
+        np.testing.assert_allclose(together.output[i], alone.output[0], atol=atol)
+        np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=atol)
+        np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=10 * atol)
+        if batch_mode == "map":  # under vmap the pre-BN biases drift apart by design (see above)
+            for a, b in zip(jax.tree_util.tree_leaves(together.state.params), jax.tree_util.tree_leaves(alone.state.params)):
+                np.testing.assert_allclose(a[i], b[0], atol=atol)
+
+
+def test_restarts_are_independent_and_shaped():
+    r = engine.fit(jax.random.key(0), TINY, FAST, _images(2), restarts=3)
+    assert r.output.shape == (2, 3, 16, 16, 3)
+    assert r.history["loss"].shape == (4, 2, 3)
+    assert not np.allclose(r.output[0, 0], r.output[0, 1])
+    assert r.restored.shape == (2, 16, 16, 3)
+
+
+def test_second_chunk_does_not_recompile():
+    cfg = dataclasses.replace(FAST, num_steps=7, chunk_size=3)  # 3 chunks, the last one partial
+    r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
+    fn = engine._chunk_fn(r.problem)
+    assert fn._cache_size() == 1
+    assert r.history["loss"].shape[0] == 7
+    assert int(r.state.step[0]) == 7
+    engine.fit(jax.random.key(1), TINY, cfg, _images(1, seed=1))  # a new fit of the same problem
+    assert fn._cache_size() == 1
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    a = engine.fit(jax.random.key(5), TINY, FAST, _images(1))
+    b = engine.fit(jax.random.key(5), TINY, FAST, _images(1))
+    c = engine.fit(jax.random.key(6), TINY, FAST, _images(1))
+    np.testing.assert_array_equal(a.output, b.output)
+    assert not np.allclose(a.output, c.output)
+
+
+def _smooth_image(size=32):
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * x), 0.5 + 0.4 * np.cos(2 * np.pi * y), 0.3 + 0.4 * x * y], -1)
+    return img.astype(np.float32)
+
+
+def test_denoising_beats_the_noisy_input():
+    clean = _smooth_image(32)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
+    net = nets.narrow(nets.preset("default", num_input_channels=8), width=16, scales=3)
+    cfg = engine.FitConfig(num_steps=250, learning_rate=0.01, reg_noise_std=1 / 30, ema_decay=0.99, chunk_size=50)
+    r = engine.fit(jax.random.key(0), net, cfg, noisy, ground_truth=clean)
+    noisy_psnr = float(metrics.psnr(noisy, clean))
+    restored_psnr = float(metrics.psnr(r.restored[0], clean))
+    assert restored_psnr > noisy_psnr + 3.0, (noisy_psnr, restored_psnr)
+    assert r.history["psnr_gt_avg"].shape == (250, 1, 1)
+
+
+def test_inpainting_operator_and_optimising_the_input():
+    ys = _images(2)
+    mask = operators.bernoulli_mask(jax.random.key(1), (2, 16, 16, 1), 0.5)
+    cfg = dataclasses.replace(FAST, opt_over="net,input", tv_weight=1e-3)
+    r = engine.fit(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
+    assert np.all(np.isfinite(r.output))
+    assert not np.array_equal(r.state.z, engine.fit(jax.random.key(0), TINY, FAST, ys).state.z)
+
+
+def test_input_only_optimisation_keeps_net_fixed():
+    cfg = dataclasses.replace(FAST, opt_over="input")
+    problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))
+    new, _ = engine.run(problem, state, data, num_steps=2)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(new.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(state.z, new.z)
+
+
+def test_lbfgs_after_adam_warmup_and_custom_optax():
+    cfg = dataclasses.replace(FAST, optimizer="lbfgs", lbfgs_warmup_steps=2, learning_rate=0.1)
+    r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
+    assert np.all(np.isfinite(r.history["loss"]))
+    r2 = engine.fit(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.sgd(0.1))
+    assert np.all(np.isfinite(r2.output))
+
+
+def test_backtracking_restores_saved_parameters():
+    cfg = dataclasses.replace(FAST, backtrack=True, reg_noise_std=0.0)
+    problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))
+    # Pretend the last saved copy fitted far better than anything now: the step must fall back.
+    state = state._replace(backup_psnr=jnp.full_like(state.backup_psnr, 100.0))
+    new, records = engine.run(problem, state, data, num_steps=1)
+    assert bool(records["backtracked"][0, 0])
+    assert int(new.num_backtracks[0]) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(state.backup["net"]), jax.tree_util.tree_leaves(new.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_param_noise_changes_the_trajectory():
+    a = engine.fit(jax.random.key(0), TINY, FAST, _images(1))
+    b = engine.fit(jax.random.key(0), TINY, dataclasses.replace(FAST, param_noise=True), _images(1))
+    assert not np.allclose(a.output, b.output)
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="at least 8x8"):
+        engine.fit(jax.random.key(0), TINY, FAST, _images(1, size=4))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        engine.fit(jax.random.key(0), TINY, FAST, _images(1, size=12))
+    with pytest.raises(ValueError, match="NaN"):
+        bad = _images(1)
+        bad[0, 0, 0, 0] = np.nan
+        engine.fit(jax.random.key(0), TINY, FAST, bad)
+    with pytest.raises(ValueError, match="channels"):
+        engine.fit(jax.random.key(0), TINY, FAST, _images(1, channels=1))
+    with pytest.raises(ValueError, match="mask"):
+        engine.fit(jax.random.key(0), TINY, FAST, _images(1), op=operators.Mask(), op_args=np.ones((1, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match="keys"):
+        engine.fit(jax.random.split(jax.random.key(0), 3), TINY, FAST, _images(2))
+    with pytest.raises(ValueError, match="ground_truth"):
+        engine.fit(jax.random.key(0), TINY, FAST, _images(1), ground_truth=_images(1, size=8))
+    with pytest.raises(ValueError, match="learning_rate"):
+        engine.FitConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="opt_over"):
+        engine.FitConfig(opt_over="weights")
