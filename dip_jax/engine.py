@@ -5,20 +5,28 @@ Contract:
   restores N images at once. `observation` is (N, h, w, c) float32 (or one
   (h, w, c) image), the corrupted data `y`; `op` maps the generator's output
   (N, H, W, C) to `y`'s space; `op_args` is a pytree of per-image arrays with a
-  leading N axis (mask, kernel). `restarts=R` fits R independent nets per
-  image. Returns a `FitResult` with `output` (N, R, H, W, C) and a history.
+  leading N axis (mask, kernel); inside a step each item sees its own slice,
+  with image-like (H, W, C) leaves given a leading axis of 1 (a mask acts on
+  the net's (1, H, W, C) output) and kernels left 2-D. `restarts=R` fits R
+  independent nets per image. Returns a `FitResult` with `output`
+  (N, R, H, W, C) and a history.
 - Every batch item (image x restart) has its own key, parameters, BatchNorm
   statistics, optimiser state and input `z`: fitting N items in one call gives
   the same result as N calls with the same per-item keys.
 - The update step is a pure function of a `FitState` pytree. Steps run in
   chunks of `fit_config.chunk_size` inside `lax.scan` under `jit`; host work
-  (history, progress, callbacks) happens between chunks, and the chunk
-  function is compiled once per problem (a second chunk never recompiles).
+  (history, progress, callbacks, checkpoints) happens between chunks, and the
+  chunk function is compiled once per problem (a second chunk never
+  recompiles). A step does not depend on its position in a chunk, so where
+  chunks start and end never changes the numbers.
 - Batch axis: `batch_mode='vmap'` maps it with `jax.vmap` (GPU/TPU: one big
   kernel per layer), `'map'` runs items one after another inside the compiled
   step (`lax.map`; on CPU a vmapped conv over per-item weights becomes a
   grouped convolution that XLA's CPU backend runs poorly). `'auto'` picks per
-  backend.
+  backend. With more than one local device the batch axis is also sharded
+  over all of them (`dip_jax.sharding`; padded to a multiple of the device
+  count, padding dropped afterwards); every item computes exactly what it
+  computes on one device.
 
 What one step does (the original's `closure()`):
   z_t = z + reg_noise_std * N(0, 1)          (fresh noise each step)
@@ -27,28 +35,56 @@ What one step does (the original's `closure()`):
   backtracking: if psnr_fit dropped by more than `backtrack_drop_db` since the
   last saved copy, restore that copy, else save the current parameters;
   optimiser step; out_avg = decay * out_avg + (1 - decay) * out.
+
+Divergence recovery (not in the original; `divergence_check=True`, per item):
+  a step is unhealthy when its loss or its output is not finite, or when
+  psnr_fit fell more than `divergence_drop_db` below the previous healthy
+  step's (non-finite gradients show up as a non-finite output one step
+  later). A healthy step snapshots the state it started from; an unhealthy
+  one rolls the item back to the last snapshot (undoing the update that led
+  to the bad state), multiplies the item's learning-rate scale by
+  `divergence_lr_factor` (the optimiser's updates are scaled, which for Adam
+  is exactly a smaller learning rate) and counts a rollback. Other items are
+  untouched. The readout falls back to the snapshot's output when the final
+  output is not finite, so a fit never returns a NaN image. Rolled-back
+  steps keep their non-finite loss/PSNR in the history (use np.nanmax).
+
+Long runs: `fit(..., checkpoint_dir=, checkpoint_every=, resume=)` writes
+checkpoints (`dip_jax.checkpoint`) and continues from them bit for bit; on
+SIGINT/SIGTERM the current chunk finishes, a checkpoint is written and
+`Interrupted` (a KeyboardInterrupt carrying the state and a `FitResult`) is
+raised. Before allocating, `prepare` estimates the memory the fit needs
+(`dip_jax.memory`) and refuses with a ValueError when it will not fit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import signal
+import threading
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
+from dip_jax import checkpoint as checkpoint_lib
 from dip_jax import inputs as inputs_lib
+from dip_jax import losses, memory, metrics, nets, operators, sharding
 from dip_jax.batching import BATCH_MODES, resolve_batch_mode
 from dip_jax.batching import batched as _batched_fn
-from dip_jax import losses, metrics, nets, operators
 
 OPT_OVER = ("net", "input", "net,input")
 OPTIMIZERS = ("adam", "lbfgs")
+
+# A reference PSNR above this (a near-perfect fit, or +inf for an exact one)
+# is clamped, so the collapse rule still fires instead of always firing.
+_PSNR_REFERENCE_CAP = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +121,14 @@ class FitConfig:
     # backend; use 'threefry2x32' for bit-identical inits across backends.
     init_rng: str = "rbg"
     seed: int = 0
+    # Divergence recovery (not in the original, which can silently produce NaN
+    # images): see the module docstring. Independent of `backtrack`; when both
+    # fire on the same step the rollback wins.
+    divergence_check: bool = True
+    divergence_drop_db: float = 15.0
+    divergence_lr_factor: float = 0.5
+    # Refuse up front when the estimated memory exceeds what is available.
+    check_memory: bool = True
 
     def __post_init__(self):
         if self.num_steps < 0:
@@ -107,10 +151,39 @@ class FitConfig:
             raise ValueError(f"init_rng must be 'rbg' or 'threefry2x32', got {self.init_rng!r}")
         if self.input_type not in inputs_lib.INPUT_TYPES:
             raise ValueError(f"input_type must be one of {inputs_lib.INPUT_TYPES}, got {self.input_type!r}")
+        if not self.divergence_drop_db > 0:
+            raise ValueError(f"divergence_drop_db must be > 0 dB, got {self.divergence_drop_db}")
+        if not 0.0 < self.divergence_lr_factor <= 1.0:
+            raise ValueError(
+                f"divergence_lr_factor must be in (0, 1], got {self.divergence_lr_factor} "
+                "(0.5 halves the learning rate after each rollback; 1 keeps it)"
+            )
+
+
+class GoodState(NamedTuple):
+    """Per item: the last state that passed the divergence check, and its data-fit PSNR."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    z: jax.Array
+    out_avg: jax.Array
+    backup: Any
+    backup_psnr: jax.Array
+    num_updates: jax.Array
+    psnr: jax.Array
 
 
 class FitState(NamedTuple):
-    """Everything one batch item's fit carries from step to step."""
+    """Everything one batch item's fit carries from step to step.
+
+    `step` counts steps taken; `num_updates` the ones whose result was kept
+    (it differs from `step` only after divergence rollbacks). `lr_scale`
+    multiplies the optimiser's updates (1 until a rollback). `good` is the
+    rollback snapshot (None with `divergence_check=False`); `best_out` and
+    `best_psnr` the output with the best ground-truth PSNR so far (None
+    without a ground truth).
+    """
 
     params: Any
     batch_stats: Any
@@ -122,6 +195,12 @@ class FitState(NamedTuple):
     backup: Any
     backup_psnr: jax.Array
     num_backtracks: jax.Array
+    num_updates: jax.Array | None = None
+    lr_scale: jax.Array | None = None
+    num_rollbacks: jax.Array | None = None
+    good: GoodState | None = None
+    best_out: jax.Array | None = None
+    best_psnr: jax.Array | None = None
 
 
 class FitData(NamedTuple):
@@ -154,18 +233,58 @@ class Problem:
 
 
 class FitResult(NamedTuple):
+    """What `fit` returns. Arrays are numpy; per-item values are shaped (N, R, ...).
+
+    `output`: f(z) at the end (the last finite state's when divergence left
+    the final one non-finite); `output_avg`: the running average (when
+    `ema_decay` is set); `best_output`/`best_psnr`: the output with the best
+    ground-truth PSNR seen (when a ground truth was given); `num_rollbacks`:
+    divergence rollbacks per item; `num_backtracks`: backtracking restores per
+    item; `steps`: steps done in total (resumed runs included).
+    """
+
     output: np.ndarray
     output_avg: np.ndarray | None
     history: dict
     state: FitState
     problem: Problem
     seconds: float
+    num_rollbacks: np.ndarray | None = None
+    num_backtracks: np.ndarray | None = None
+    best_output: np.ndarray | None = None
+    best_psnr: np.ndarray | None = None
+    steps: int = 0
 
     @property
     def restored(self) -> np.ndarray:
         """(N, H, W, C): the averaged output if averaging is on, mean over restarts."""
         out = self.output_avg if self.output_avg is not None else self.output
         return out.mean(axis=1)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped a run after finishing its current chunk.
+
+    Attributes: `signum`, `step` (steps done in total), `state` and `history`
+    (as `run` would have returned them), `checkpoint_path` (None when no
+    checkpointer was given or writing failed), and `result` (a `FitResult` of
+    the state so far, set by `fit`).
+    """
+
+    def __init__(self, signum: int, step: int, state, history: dict, checkpoint_path=None, error=None):
+        name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else str(signum)
+        msg = f"stopped by {name} after step {step}"
+        if checkpoint_path is not None:
+            msg += f"; checkpoint written to {str(checkpoint_path)!r} (resume to continue)"
+        elif error is not None:
+            msg += f"; the checkpoint could not be written ({error})"
+        super().__init__(msg)
+        self.signum = signum
+        self.step = step
+        self.state = state
+        self.history = history
+        self.checkpoint_path = checkpoint_path
+        self.result: FitResult | None = None
 
 
 def make_optimizer(cfg: FitConfig) -> optax.GradientTransformation:
@@ -225,6 +344,24 @@ def _add_param_noise(key, params, scale):
     return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
+def _pick(cond, if_true, if_false):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(cond, a, b), if_true, if_false)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
+
+
+def _item_op_args(op_args):
+    """One item's op args as the operators expect them: image-like (H, W, C) leaves get a batch axis of 1.
+
+    Kernels stay 2-D (Downsample, Blur); masks become (1, H, W, C) like the
+    net's (1, H, W, C) output (Mask.validate checks that layout).
+    """
+    return jax.tree_util.tree_map(lambda a: a[None] if a.ndim == 3 else a, op_args)
+
+
 def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
     """One step of one batch item. Pure; vmapped or mapped over items."""
     cfg = problem.fit_config
@@ -236,6 +373,7 @@ def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
         perturbation = cfg.reg_noise_std * jax.random.normal(k_input, state.z.shape, state.z.dtype)
     else:
         perturbation = jnp.zeros_like(state.z)
+    op_args = _item_op_args(data.op_args)
 
     def objective(trainable):
         p = trainable.get("net", params)
@@ -243,7 +381,7 @@ def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
         out, updates = problem.module.apply(
             {"params": p, "batch_stats": state.batch_stats}, z + perturbation, mutable=["batch_stats"]
         )
-        pred = _apply_op(problem.op, out, data.op_args, shared)
+        pred = _apply_op(problem.op, out, op_args, shared)
         loss = problem.loss_fn(pred, data.target)
         if cfg.tv_weight:
             loss = loss + cfg.tv_weight * losses.total_variation(out, beta=cfg.tv_beta)
@@ -253,6 +391,9 @@ def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
     (loss, (out, pred, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
     psnr_fit = _psnr(pred, data.target) if pred.shape == data.target.shape else jnp.float32(jnp.nan)
     updates, opt_state = problem.tx.update(grads, state.opt_state, trainable)
+    if cfg.divergence_check:
+        # 1.0 until a rollback, and x * 1.0 == x exactly: healthy runs are unchanged.
+        updates = jax.tree_util.tree_map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
     new_trainable = optax.apply_updates(trainable, updates)
     backup, backup_psnr, num_backtracks = state.backup, state.backup_psnr, state.num_backtracks
     fell = jnp.zeros((), bool)
@@ -261,18 +402,35 @@ def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
         # On a fall the original copies the saved parameters back. dip_jax also
         # skips that step's optimiser update (the original applies the stale
         # gradient to the restored weights); documented in the README.
-        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(fell, x, y), a, b)  # noqa: E731
-        new_trainable = pick(state.backup, new_trainable)
-        opt_state = pick(state.opt_state, opt_state)
-        backup = pick(state.backup, trainable)
+        new_trainable = _pick(fell, state.backup, new_trainable)
+        opt_state = _pick(fell, state.opt_state, opt_state)
+        backup = _pick(fell, state.backup, trainable)
         backup_psnr = jnp.where(fell, state.backup_psnr, psnr_fit)
         num_backtracks = num_backtracks + fell.astype(jnp.int32)
     out = jax.lax.stop_gradient(out)
     if cfg.ema_decay is not None:
         d = cfg.ema_decay
-        out_avg = jnp.where(state.step == 0, out, d * state.out_avg + (1 - d) * out)
+        out_avg = jnp.where(state.num_updates == 0, out, d * state.out_avg + (1 - d) * out)
     else:
         out_avg = out
+    record = {"loss": loss, "psnr_fit": psnr_fit, "backtracked": fell}
+    if data.ground_truth is not None:
+        record["psnr_gt"] = _psnr(out, data.ground_truth)
+        if cfg.ema_decay is not None:
+            record["psnr_gt_avg"] = _psnr(out_avg, data.ground_truth)
+    healthy = jnp.ones((), bool)
+    if cfg.divergence_check:
+        reference = jnp.minimum(state.good.psnr, _PSNR_REFERENCE_CAP)
+        collapsed = psnr_fit < reference - cfg.divergence_drop_db  # False for NaN (no data-fit PSNR)
+        # Non-finite gradients need no check of their own: they make the next
+        # state non-finite, and that step rolls back to this (healthy) one.
+        healthy = jnp.isfinite(loss) & _all_finite(out) & ~collapsed
+    best_out, best_psnr = state.best_out, state.best_psnr
+    if state.best_psnr is not None:
+        score = record["psnr_gt_avg"] if cfg.ema_decay is not None else record["psnr_gt"]
+        better = (score > state.best_psnr) & healthy
+        best_out = jnp.where(better, out_avg if cfg.ema_decay is not None else out, state.best_out)
+        best_psnr = jnp.where(better, score, state.best_psnr)
     new_state = FitState(
         params=new_trainable.get("net", params),
         batch_stats=batch_stats,
@@ -284,12 +442,31 @@ def _item_step(problem: Problem, state: FitState, data: FitData, shared: Any):
         backup=backup,
         backup_psnr=backup_psnr,
         num_backtracks=num_backtracks,
+        num_updates=state.num_updates + 1,
+        lr_scale=state.lr_scale,
+        num_rollbacks=state.num_rollbacks,
+        good=state.good,
+        best_out=best_out,
+        best_psnr=best_psnr,
     )
-    record = {"loss": loss, "psnr_fit": psnr_fit, "backtracked": fell}
-    if data.ground_truth is not None:
-        record["psnr_gt"] = _psnr(out, data.ground_truth)
-        if cfg.ema_decay is not None:
-            record["psnr_gt_avg"] = _psnr(out_avg, data.ground_truth)
+    if cfg.divergence_check:
+        g = state.good
+        snapshot = GoodState(
+            state.params, state.batch_stats, state.opt_state, state.z, state.out_avg,
+            state.backup, state.backup_psnr, state.num_updates, psnr_fit,
+        )
+        rolled_back = new_state._replace(
+            params=g.params, batch_stats=g.batch_stats, opt_state=g.opt_state, z=g.z, out_avg=g.out_avg,
+            backup=g.backup, backup_psnr=g.backup_psnr, num_backtracks=state.num_backtracks,
+            num_updates=g.num_updates, lr_scale=state.lr_scale * cfg.divergence_lr_factor,
+            num_rollbacks=state.num_rollbacks + 1,
+        )
+        # A conditional, not a select over the whole state: under 'map' it only
+        # passes buffers through (XLA's CPU compile time doubles with selects).
+        kept = new_state._replace(good=snapshot)
+        new_state = jax.lax.cond(healthy, lambda: kept, lambda: rolled_back)
+        record["backtracked"] = fell & healthy
+        record["rolled_back"] = ~healthy
     return new_state, record
 
 
@@ -302,9 +479,35 @@ def _apply_op(op, x, op_args, shared):
     return op.apply(x, op_args) if shared is None else op.apply(x, op_args, shared)
 
 
+_IMAGE_OPERATORS = (operators.Identity, operators.Mask, operators.Downsample, operators.Blur, operators.Compose)
+_BATCH = PartitionSpec(sharding.BATCH_AXIS)
+_REPLICATED = PartitionSpec()
+
+
+def _compile_key(problem: Problem) -> Problem:
+    """`problem` with the FitConfig fields that never reach compiled code normalised.
+
+    A fit of 4 steps and one of 3000 (or 'auto' and the 'map' it resolves
+    to) share one compiled chunk, init and readout.
+    """
+    cfg = dataclasses.replace(problem.fit_config, num_steps=0, batch_mode=problem.batch_mode, check_memory=True)
+    return problem if cfg == problem.fit_config else dataclasses.replace(problem, fit_config=cfg)
+
+
+def _chunk_fn(problem: Problem, mesh=None) -> Callable:
+    """The compiled chunk for `problem` (cached per compile key and mesh)."""
+    key = _compile_key(problem)
+    return _compiled_chunk(key) if mesh is None else _compiled_chunk(key, mesh)
+
+
 @functools.lru_cache(maxsize=32)
-def _chunk_fn(problem: Problem) -> Callable:
-    """The compiled chunk: `chunk_size` steps in a scan; steps past `n_active` are skipped."""
+def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
+    """The compiled chunk: `chunk_size` steps in a scan; steps past `n_active` are skipped.
+
+    A step never looks at its index except to skip, so the numbers do not
+    depend on where a chunk starts (resumed runs match uninterrupted ones).
+    With a mesh, each device runs the same scan over its share of the items.
+    """
     step = _batched_fn(problem.batch_mode, functools.partial(_item_step, problem))
     chunk = problem.fit_config.chunk_size
 
@@ -321,18 +524,42 @@ def _chunk_fn(problem: Problem) -> Callable:
 
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
+    if mesh is not None:
+        run = jax.shard_map(
+            run, mesh=mesh, in_specs=(_BATCH, _BATCH, _REPLICATED, _REPLICATED),
+            out_specs=(_BATCH, PartitionSpec(None, sharding.BATCH_AXIS)), check_vma=False,
+        )
     return jax.jit(run)
 
 
-@functools.lru_cache(maxsize=32)
-def _readout_fn(problem: Problem) -> Callable:
-    def one(state: FitState, data, shared):
-        out, _ = problem.module.apply(
-            {"params": state.params, "batch_stats": state.batch_stats}, state.z, mutable=["batch_stats"]
-        )
-        return out
+def _readout_fn(problem: Problem, mesh=None) -> Callable:
+    return _compiled_readout(_compile_key(problem), mesh)
 
-    return jax.jit(_batched_fn(problem.batch_mode, one))
+
+@functools.lru_cache(maxsize=32)
+def _compiled_readout(problem: Problem, mesh=None) -> Callable:
+    """(output, out_avg) per item; non-finite ones fall back to the last healthy snapshot's."""
+
+    def one(state: FitState, data, shared):
+        def forward(params, batch_stats, z):
+            out, _ = problem.module.apply({"params": params, "batch_stats": batch_stats}, z, mutable=["batch_stats"])
+            return out
+
+        out = forward(state.params, state.batch_stats, state.z)
+        avg = state.out_avg
+        if state.good is not None:
+            g = state.good
+            out = jax.lax.cond(
+                _all_finite(out), lambda o: o, lambda o: forward(g.params, g.batch_stats, g.z), out
+            )
+            avg = jnp.where(_all_finite(avg), avg, g.out_avg)
+        return out, avg
+
+    batched = _batched_fn(problem.batch_mode, one)
+    fn = lambda state, data: batched(state, data, None)  # noqa: E731
+    if mesh is not None:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(_BATCH, _BATCH), out_specs=_BATCH, check_vma=False)
+    return jax.jit(fn)
 
 
 def _as_item_keys(key, n: int) -> jax.Array:
@@ -354,14 +581,32 @@ def _as_item_keys(key, n: int) -> jax.Array:
     return key
 
 
-def _as_batch(x, name: str) -> np.ndarray:
-    a = np.asarray(x, np.float32)
+def _as_batch(x, name: str, *, image_range: bool = False) -> np.ndarray:
+    raw = np.asarray(x)
+    if np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(
+            f"{name} is an integer array ({raw.dtype}); convert it to float32 in [0, 1] first "
+            "(e.g. image / 255 for 8-bit data, or load files with dip_jax.io.load_image)"
+        )
+    if not (jnp.issubdtype(raw.dtype, jnp.floating) or raw.dtype == bool):
+        raise ValueError(f"{name} must be a float32 array with values in [0, 1], got dtype {raw.dtype}")
+    a = raw.astype(np.float32, copy=False)
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4:
         raise ValueError(f"{name} must be (H, W, C) or (N, H, W, C) float32 in [0, 1]; got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); give at least one image with pixels")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or infinite values; clean or re-load the image")
+    # Noisy observations may stray a little outside [0, 1]; values in the tens
+    # mean 0..255 data was passed without scaling.
+    lo, hi = float(a.min()), float(a.max())
+    if image_range and (lo < -1.0 or hi > 2.0):
+        raise ValueError(
+            f"{name} values span [{lo:.3g}, {hi:.3g}] but images are float32 in [0, 1]; "
+            "scale them (e.g. / 255 for 8-bit data, / 65535 for 16-bit)"
+        )
     return a
 
 
@@ -381,6 +626,7 @@ def prepare(
     loss_fn: Callable = losses.mse,
     optimizer: optax.GradientTransformation | None = None,
     variables=None,
+    devices=None,
 ) -> tuple[Problem, FitState, FitData]:
     """Validate inputs and build the static problem, the initial state and the data.
 
@@ -388,22 +634,36 @@ def prepare(
     size when the operator preserves it). `net_input` (N, H, W, Cin) replaces
     the config's input (e.g. the flash photo). `variables` starts from given
     weights (one set, broadcast to every item) instead of a random init.
+    `devices` (default: all local devices) only sizes the memory check here.
+    Everything is checked, memory included, before any parameter is allocated.
     """
     op = operators.Identity() if op is None else op
-    y = _as_batch(observation, "observation")
+    # Only the image-space operators promise an image-like observation (a
+    # feature-inversion target, for one, is not).
+    y = _as_batch(observation, "observation", image_range=isinstance(op, _IMAGE_OPERATORS))
     n = y.shape[0]
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
     if image_size is None:
         image_size = operators.input_size(op, y.shape[1:3])
     h, w = image_size
     nets.check_input_size(net_config, h, w)
     out_shape = (1, h, w, net_config.num_output_channels)
+    if op_args is not None:
+        for leaf in jax.tree_util.tree_leaves(op_args):
+            if not hasattr(leaf, "shape") or np.ndim(leaf) < 1 or np.shape(leaf)[0] != n:
+                raise ValueError(
+                    f"op_args leaves must be arrays with a leading axis of {n} (one per image), got "
+                    f"{type(leaf).__name__} of shape {getattr(leaf, 'shape', None)}; stack per-image args "
+                    "(or repeat a shared one n times)"
+                )
     if hasattr(op, "validate"):
         for i in range(n):
-            op.validate(out_shape, jax.tree_util.tree_map(lambda a: np.asarray(a)[i : i + 1], op_args))
+            op.validate(out_shape, _item_op_args(jax.tree_util.tree_map(lambda a: np.asarray(a)[i], op_args)))
     if hasattr(op, "output_shape"):
-        first_args = None if op_args is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[:1], op_args)
+        first_args = None
+        if op_args is not None:
+            first_args = _item_op_args(jax.tree_util.tree_map(lambda a: np.asarray(a)[0], op_args))
         expected = op.output_shape(out_shape, first_args)
         if tuple(expected[1:]) != tuple(y.shape[1:]):
             raise ValueError(
@@ -413,7 +673,7 @@ def prepare(
             )
     gt = None
     if ground_truth is not None:
-        gt = _as_batch(ground_truth, "ground_truth")
+        gt = _as_batch(ground_truth, "ground_truth", image_range=True)
         if gt.shape != (n, h, w, net_config.num_output_channels):
             raise ValueError(
                 f"ground_truth is {gt.shape} but the restored images will be {(n, h, w, net_config.num_output_channels)}"
@@ -430,6 +690,13 @@ def prepare(
 
     b = n * restarts
     item_keys = _as_item_keys(key, b)
+    if fit_config.check_memory:
+        devs = sharding.local_devices(devices)
+        estimate = memory.estimate_fit(
+            net_config, fit_config, (h, w), b, batch_mode=batch_mode, tx=problem.tx,
+            num_devices=len(devs), images=n, restarts=restarts,
+        )
+        memory.check_fits(estimate, devs[0])
     rep = lambda a: jnp.repeat(jnp.asarray(a), restarts, axis=0)  # noqa: E731
     data = FitData(
         target=rep(y)[:, None],
@@ -441,11 +708,13 @@ def prepare(
     return problem, state, data
 
 
-def _init_states(problem: Problem, item_keys, size, z_given, variables) -> FitState:
+@functools.lru_cache(maxsize=32)
+def _init_fn(problem: Problem, size: tuple[int, int], with_z: bool, with_variables: bool) -> Callable:
+    """The compiled initialiser, cached per problem (a new fit of the same problem never recompiles)."""
     cfg = problem.fit_config
     ncfg = problem.net_config
 
-    def one(item_key, z_in):
+    def one(item_key, z_in, variables):
         k_init, k_input, k_loop = jax.random.split(item_key, 3)
         if z_in is None:
             z = inputs_lib.make_input(
@@ -460,25 +729,99 @@ def _init_states(problem: Problem, item_keys, size, z_given, variables) -> FitSt
         params, stats = v["params"], v.get("batch_stats", {})
         trainable = _trainable(cfg, params, z)
         out_shape = z.shape[:3] + (ncfg.num_output_channels,)
+        opt_state = problem.tx.init(trainable)
+        out_avg = jnp.zeros(out_shape, jnp.float32)
+        # The original starts its last-PSNR at 0, so the first step never backtracks.
+        backup_psnr = jnp.zeros((), jnp.float32)
+        zero = jnp.zeros((), jnp.int32)
+        good = None
+        if cfg.divergence_check:
+            good = GoodState(params, stats, opt_state, z, out_avg, trainable, backup_psnr, zero,
+                             jnp.full((), -jnp.inf, jnp.float32))
         return FitState(
             params=params,
             batch_stats=stats,
-            opt_state=problem.tx.init(trainable),
+            opt_state=opt_state,
             z=z,
             key=k_loop,
-            step=jnp.zeros((), jnp.int32),
-            out_avg=jnp.zeros(out_shape, jnp.float32),
+            step=zero,
+            out_avg=out_avg,
             backup=trainable,
-            # The original starts its last-PSNR at 0, so the first step never backtracks.
-            backup_psnr=jnp.zeros((), jnp.float32),
-            num_backtracks=jnp.zeros((), jnp.int32),
+            backup_psnr=backup_psnr,
+            num_backtracks=zero,
+            num_updates=zero,
+            lr_scale=jnp.ones((), jnp.float32),
+            num_rollbacks=zero,
+            good=good,
+            best_out=jnp.zeros(out_shape, jnp.float32) if problem.has_ground_truth else None,
+            best_psnr=jnp.full((), -jnp.inf, jnp.float32) if problem.has_ground_truth else None,
         )
 
     # lax.map, not vmap: an 'rbg' key draws different numbers when vmapped, and
     # each item must get exactly the init it would get when fitted alone.
-    if z_given is None:
-        return jax.jit(lambda ks: jax.lax.map(lambda k: one(k, None), ks))(item_keys)
-    return jax.jit(lambda ks, zs: jax.lax.map(lambda a: one(*a), (ks, zs)))(item_keys, z_given)
+    if with_z:
+        return jax.jit(lambda ks, zs, v: jax.lax.map(lambda a: one(a[0], a[1], v), (ks, zs)))
+    return jax.jit(lambda ks, zs, v: jax.lax.map(lambda k: one(k, None, v), ks))
+
+
+def _init_states(problem: Problem, item_keys, size, z_given, variables) -> FitState:
+    fn = _init_fn(_compile_key(problem), tuple(int(s) for s in size), z_given is not None, variables is not None)
+    return fn(item_keys, z_given, variables)
+
+
+def _complete_state(problem: Problem, state: FitState) -> FitState:
+    """Fill the fields a FitState built by older code (or by hand) leaves at None."""
+    cfg = problem.fit_config
+    b = state.step.shape[0]
+    zeros = jnp.zeros((b,), jnp.int32)
+    if state.num_updates is None:
+        state = state._replace(num_updates=state.step)
+    if state.lr_scale is None:
+        state = state._replace(lr_scale=jnp.ones((b,), jnp.float32))
+    if state.num_rollbacks is None:
+        state = state._replace(num_rollbacks=zeros)
+    if cfg.divergence_check and state.good is None:
+        state = state._replace(good=GoodState(
+            state.params, state.batch_stats, state.opt_state, state.z, state.out_avg, state.backup,
+            state.backup_psnr, state.num_updates, jnp.full((b,), -jnp.inf, jnp.float32),
+        ))
+    if not cfg.divergence_check and state.good is not None:
+        state = state._replace(good=None)
+    if problem.has_ground_truth and state.best_psnr is None:
+        state = state._replace(best_out=jnp.zeros_like(state.out_avg), best_psnr=jnp.full((b,), -jnp.inf, jnp.float32))
+    return state
+
+
+class _SignalGuard:
+    """Turns the first SIGINT/SIGTERM into a flag checked between chunks; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.signum = signum
+
+    def __enter__(self):
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
 
 
 def run(
@@ -490,37 +833,137 @@ def run(
     shared=None,
     callback: Callable | None = None,
     progress: bool = False,
+    checkpointer: checkpoint_lib.Checkpointer | None = None,
+    fingerprint: dict | None = None,
+    start_step: int = 0,
+    history: dict | None = None,
+    handle_signals: bool | None = None,
+    devices=None,
 ) -> tuple[FitState, dict]:
     """Advance every item by `num_steps` steps, chunk by chunk.
 
     `callback(state, records)` runs on the host after each chunk with that
     chunk's per-step records (numpy, (steps, B)); returning True stops early.
+
+    Long runs: `checkpointer` saves every `checkpointer.every` steps (chunks
+    are cut at those steps), at the end, and on SIGINT/SIGTERM. `start_step`
+    (steps already done) and `history` (their records, prepended to the
+    returned history) continue a resumed run; `fingerprint` is stored in the
+    checkpoints. `handle_signals` (default: when checkpointing) finishes the
+    current chunk on SIGINT/SIGTERM, checkpoints and raises `Interrupted`;
+    handlers are installed only for the call (main thread only). `devices`
+    (default: all local devices) shards the batch axis when there are several.
     """
-    chunk = _chunk_fn(problem)
-    history: dict[str, list] = {}
+    placed = _run_placed(
+        problem, state, data, num_steps=num_steps, shared=shared, callback=callback, progress=progress,
+        checkpointer=checkpointer, fingerprint=fingerprint, start_step=start_step, history=history,
+        handle_signals=handle_signals, devices=devices,
+    )
+    return placed.placement.take(placed.state), placed.history
+
+
+class _Placed(NamedTuple):
+    """A run's state and data as they sit on the devices (padded when sharded)."""
+
+    state: FitState
+    data: FitData
+    history: dict
+    placement: sharding.BatchPlacement
+
+
+def _run_placed(problem, state, data, *, num_steps, shared, callback, progress, checkpointer, fingerprint,
+                start_step, history, handle_signals, devices) -> _Placed:
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    state = _complete_state(problem, state)
+    b = int(state.step.shape[0])
+    placement = sharding.BatchPlacement(b, devices)
+    chunk = _chunk_fn(problem, placement.mesh)
+    state_d = placement.put(state)
+    data_d = placement.put(data)
+    shared_d = placement.put_replicated(shared)
+    records_so_far: dict[str, list] = {k: [np.asarray(v)] for k, v in (history or {}).items()}
     done = 0
+    last_saved = start_step if history is not None else None
+    if handle_signals is None:
+        handle_signals = checkpointer is not None
+
+    def host_state():
+        return placement.take(state_d)
+
+    def concatenated():
+        return {k: np.concatenate(v) for k, v in records_so_far.items()}
+
+    def save(step):
+        images = _images(problem, state_d, data_d, placement)
+        return checkpointer.save(state=host_state(), step=step, history=concatenated(), images=images,
+                                 fingerprint=fingerprint)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=start_step + num_steps, initial=start_step, unit="step", dynamic_ncols=True)
     try:
-        while done < num_steps:
-            n_active = min(problem.fit_config.chunk_size, num_steps - done)
-            state, records = chunk(state, data, shared, jnp.int32(n_active))
-            records = {k: np.asarray(v)[:n_active] for k, v in records.items()}
-            for k, v in records.items():
-                history.setdefault(k, []).append(v)
-            done += n_active
-            if bar is not None:
-                bar.update(n_active)
-                bar.set_postfix(_postfix(records))
-            if callback is not None and callback(state, records):
-                break
+        with _SignalGuard(handle_signals) as guard:
+            while done < num_steps:
+                step_now = start_step + done
+                n_active = min(problem.fit_config.chunk_size, num_steps - done)
+                if checkpointer is not None and checkpointer.every is not None:
+                    n_active = min(n_active, checkpointer.steps_to_next(step_now))
+                state_d, records = chunk(state_d, data_d, shared_d, jnp.int32(n_active))
+                records = {k: np.asarray(v)[:n_active, :b] for k, v in records.items()}
+                for k, v in records.items():
+                    records_so_far.setdefault(k, []).append(v)
+                done += n_active
+                step_now += n_active
+                if bar is not None:
+                    bar.update(n_active)
+                    bar.set_postfix(_postfix(records))
+                stop = callback is not None and callback(host_state(), records)
+                if guard.signum is not None:
+                    path, error = None, None
+                    if checkpointer is not None:
+                        try:
+                            path = save(step_now)
+                        except OSError as err:
+                            error = err
+                    raise Interrupted(guard.signum, step_now, host_state(), concatenated(), path, error)
+                if checkpointer is not None and checkpointer.every and step_now % checkpointer.every == 0:
+                    _save_or_warn(save, step_now, checkpointer)
+                    last_saved = step_now
+                if stop:
+                    break
+            if checkpointer is not None and last_saved != start_step + done:
+                _save_or_warn(save, start_step + done, checkpointer)
     finally:
         if bar is not None:
             bar.close()
-    return state, {k: np.concatenate(v) for k, v in history.items()}
+    return _Placed(state_d, data_d, concatenated(), placement)
+
+
+def _save_or_warn(save: Callable, step: int, checkpointer) -> None:
+    # A full disk must not end hours of fitting: warn, keep the last good checkpoint, go on.
+    try:
+        save(step)
+    except OSError as err:
+        warnings.warn(
+            f"could not write checkpoint {str(checkpointer.path)!r} at step {step} ({err}); the fit goes on "
+            "and the previous checkpoint (if any) is unchanged",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _images(problem: Problem, state_d, data_d, placement) -> dict:
+    b = placement.batch_size
+    out, avg = _readout_fn(problem, placement.mesh)(state_d, data_d)
+    images = {"output": np.asarray(out)[:b, 0]}
+    if problem.fit_config.ema_decay is not None:
+        images["output_avg"] = np.asarray(avg)[:b, 0]
+    if state_d.best_out is not None:
+        images["best"] = np.asarray(state_d.best_out)[:b, 0]
+    return images
 
 
 def _postfix(records: dict) -> dict:
@@ -528,18 +971,23 @@ def _postfix(records: dict) -> dict:
     for k in ("psnr_fit", "psnr_gt", "psnr_gt_avg"):
         if k in records:
             out[k] = f"{np.nanmean(records[k][-1]):.2f}"
+    if "rolled_back" in records:
+        out["rollbacks"] = int(records["rolled_back"].sum())
     return out
 
 
-def readout(problem: Problem, state: FitState, data: FitData) -> np.ndarray:
+def readout(problem: Problem, state: FitState, data: FitData, *, devices=None) -> np.ndarray:
     """f(z) for every item with the unperturbed input, (B, H, W, C).
 
     Faithfulness: the original's final `net(net_input)` uses the last
     perturbed input (a global left over from the loop); dip_jax reads out with
-    the clean `z`.
+    the clean `z`. An item whose output is not finite (divergence after the
+    last check) falls back to its last healthy snapshot's output.
     """
-    out = _readout_fn(problem)(state, data, None)
-    return np.asarray(out)[:, 0]
+    state = _complete_state(problem, state)
+    placement = sharding.BatchPlacement(int(state.step.shape[0]), devices)
+    out, _ = _readout_fn(problem, placement.mesh)(placement.put(state), placement.put(data))
+    return np.asarray(out)[: placement.batch_size, 0]
 
 
 def fit(
@@ -551,21 +999,88 @@ def fit(
     restarts: int = 1,
     progress: bool = False,
     callback: Callable | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    checkpointer: checkpoint_lib.Checkpointer | None = None,
+    handle_signals: bool | None = None,
+    devices=None,
     **kwargs,
 ) -> FitResult:
-    """Restore N images (x R restarts) in one compiled, batched fit. See module docstring."""
+    """Restore N images (x R restarts) in one compiled, batched fit. See module docstring.
+
+    Checkpointing: `checkpoint_dir` (and `checkpoint_every` steps) or a
+    `checkpoint.Checkpointer`. With `resume=True` an existing checkpoint there
+    is verified (checksum, and a fingerprint of the settings, inputs and keys)
+    and the fit continues from it to `fit_config.num_steps` steps in total;
+    without one the fit starts fresh. A checkpoint present with
+    `resume=False` is an error (it would be overwritten). On SIGINT/SIGTERM
+    `Interrupted` is raised after checkpointing, with `.result` set.
+    """
     t0 = time.perf_counter()
-    problem, state, data = prepare(key, net_config, fit_config, observation, restarts=restarts, **kwargs)
-    state, history = run(
-        problem, state, data, num_steps=fit_config.num_steps, shared=kwargs.get("shared"),
-        callback=callback, progress=progress,
+    if checkpointer is not None and (checkpoint_dir is not None or checkpoint_every is not None):
+        raise ValueError("pass either checkpointer or checkpoint_dir/checkpoint_every, not both")
+    if checkpointer is None and checkpoint_dir is not None:
+        checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, every=checkpoint_every)
+    elif checkpointer is None and checkpoint_every is not None:
+        raise ValueError("checkpoint_every needs checkpoint_dir (where to write the checkpoints)")
+    if resume and checkpointer is None:
+        raise ValueError("resume=True needs checkpoint_dir (or a checkpointer) to resume from")
+    problem, state, data = prepare(key, net_config, fit_config, observation, restarts=restarts,
+                                   devices=devices, **kwargs)
+    shared = kwargs.get("shared")
+    fingerprint, history, done = None, None, 0
+    if checkpointer is not None:
+        fingerprint = checkpoint_lib.fingerprint(
+            problem, data, shared=shared, restarts=restarts, initial_keys=checkpoint_lib.hash_arrays(state.key)
+        )
+        if checkpointer.exists():
+            if not resume:
+                raise checkpoint_lib.OutputExistsError(
+                    f"{str(checkpointer.path)!r} holds a checkpoint of an earlier run; pass resume=True "
+                    "(CLI: --resume) to continue it, or delete it (CLI: --overwrite) to start over"
+                )
+            loaded = checkpointer.load()
+            checkpoint_lib.check_fingerprint(loaded.fingerprint, fingerprint, path=checkpointer.path)
+            state = checkpoint_lib.restore_state(loaded, state)
+            history, done = loaded.history, loaded.step
+    try:
+        placed = _run_placed(
+            problem, state, data, num_steps=max(0, fit_config.num_steps - done), shared=shared,
+            callback=callback, progress=progress, checkpointer=checkpointer, fingerprint=fingerprint,
+            start_step=done, history=history, handle_signals=handle_signals, devices=devices,
+        )
+    except Interrupted as stop:
+        placement = sharding.BatchPlacement(int(stop.state.step.shape[0]), devices)
+        stop.result = _result(problem, _Placed(placement.put(stop.state), placement.put(data), stop.history,
+                                               placement), restarts, t0)
+        raise
+    return _result(problem, placed, restarts, t0)
+
+
+def _result(problem: Problem, placed: _Placed, restarts: int, t0: float) -> FitResult:
+    placement, state_d = placed.placement, placed.state
+    b = placement.batch_size
+    n = b // restarts
+    out, avg = _readout_fn(problem, placement.mesh)(state_d, placed.data)
+    per_item = lambda a: np.asarray(a)[:b].reshape((n, restarts) + np.shape(a)[1:])  # noqa: E731
+    output_avg = best_output = best_psnr = None
+    if problem.fit_config.ema_decay is not None:
+        output_avg = per_item(np.asarray(avg)[:, 0])
+    if state_d.best_out is not None:
+        best_output = per_item(np.asarray(state_d.best_out)[:, 0])
+        best_psnr = per_item(state_d.best_psnr)
+    history = {k: v.reshape((v.shape[0], n, restarts)) for k, v in placed.history.items()}
+    return FitResult(
+        output=per_item(np.asarray(out)[:, 0]),
+        output_avg=output_avg,
+        history=history,
+        state=placement.take(state_d),
+        problem=problem,
+        seconds=time.perf_counter() - t0,
+        num_rollbacks=per_item(state_d.num_rollbacks),
+        num_backtracks=per_item(state_d.num_backtracks),
+        best_output=best_output,
+        best_psnr=best_psnr,
+        steps=int(np.asarray(state_d.step)[0]),
     )
-    n = data.target.shape[0] // restarts
-    out = readout(problem, state, data)
-    out = out.reshape((n, restarts) + out.shape[1:])
-    avg = None
-    if fit_config.ema_decay is not None:
-        avg = np.asarray(state.out_avg)[:, 0]
-        avg = avg.reshape((n, restarts) + avg.shape[1:])
-    history = {k: v.reshape((v.shape[0], n, restarts)) for k, v in history.items()}
-    return FitResult(out, avg, history, state, problem, time.perf_counter() - t0)
