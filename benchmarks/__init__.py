@@ -1,0 +1,1 @@
+"""Benchmarks of dip_jax against the PyTorch original (see benchmark.py)."""

@@ -1,0 +1,549 @@
+"""The `dip-jax` command: restore images with a Deep Image Prior from the command line.
+
+Subcommands (each prints `dip-jax <command> --help`):
+- `demo`: denoise a built-in photo (no files needed) into ./dip_jax_demo/.
+- `denoise IMAGE`, `super-resolve IMAGE --factor F`, `inpaint IMAGE (--mask FILE | --keep-fraction F)`,
+  `deblur IMAGE --kernel gauss:SIGMA|FILE`, `flash --flash F --no-flash G`: one image in, one out.
+- `batch DIR`: every image of a folder; images of one size go through one
+  compiled, batched call (`--batch-size` at a time).
+- `report RUN_DIR...`: the markdown report of experiment run folders.
+
+Files: greyscale, RGB and RGBA (the alpha channel is kept aside and put back,
+resized for super-resolution), 8- and 16-bit; the result is written at the
+input's bit depth. Sizes the net cannot take are padded (reflection) and the
+result cropped back, so no border pixel is lost (the original crops).
+
+Every problem with the inputs (unreadable file, wrong sizes, bad options)
+ends the command with one line `dip-jax: error: ...` on stderr and exit
+status 2, never a traceback.
+
+The settings are the paper's (`dip_jax.tasks`): they assume a GPU. On a CPU
+use `--quick` (narrow net, few steps) or lower `--steps`. Compiled programs
+are cached on disk (see `experiment.enable_compile_cache`), so a second run
+of the same problem starts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dip_jax import io, nets, tasks
+
+PROG = "dip-jax"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
+DEMO_SIZE = 128
+DEMO_SIGMA = 25.0
+DEMO_STEPS = 600
+
+
+class _Error(ValueError):
+    """A user error found by the CLI itself."""
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fitting")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="optimisation steps (default: the paper's)")
+    g.add_argument("--lr", type=_positive_float, metavar="LR", help="learning rate (default: the paper's)")
+    g.add_argument("--net", metavar="PRESET", choices=sorted(nets.PRESETS),
+                   help=f"generator preset, one of: {', '.join(sorted(nets.PRESETS))}")
+    g.add_argument("--restarts", type=_positive_int, default=1, metavar="R",
+                   help="independent fits averaged into the result (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--quick", action="store_true", help="narrow net and few steps: a fast, rough result on a CPU")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show the progress bar (default: on)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Deep Image Prior in JAX: restore images with an untrained network.",
+        epilog="Run `dip-jax demo` for a first result; `dip-jax COMMAND --help` for each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="denoise a built-in photo (about a minute on a laptop CPU)",
+                       description=f"Add noise (sigma {DEMO_SIGMA:g}) to a built-in {DEMO_SIZE} px photo and "
+                                   "restore it; writes the images, a comparison figure and the PSNRs.")
+    p.add_argument("--out", default="dip_jax_demo", metavar="DIR", help="output folder (default: ./dip_jax_demo)")
+    p.add_argument("--image", default="astronaut", metavar="NAME",
+                   help="built-in photo: astronaut, camera, chelsea, coffee, coins, rocket (default astronaut)")
+    _common(p)
+
+    p = sub.add_parser("denoise", help="remove noise from a photo")
+    p.add_argument("image", help="the noisy image")
+    p.add_argument("--add-noise", type=_positive_float, metavar="SIGMA",
+                   help="first add Gaussian noise of this sigma (0..255 units) and report the PSNR against the input")
+    _single_outputs(p)
+    _common(p)
+
+    p = sub.add_parser("super-resolve", help="upscale an image by an integer factor")
+    p.add_argument("image", help="the low-resolution image")
+    p.add_argument("--factor", type=_positive_int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--kernel-type", default="lanczos2", choices=("lanczos2", "lanczos3", "box", "gauss12"),
+                   help="downsampler the result must be consistent with (default lanczos2, the paper's)")
+    p.add_argument("--simulate", action="store_true",
+                   help="treat the input as the high-resolution truth: downscale it first, report the PSNR")
+    _single_outputs(p)
+    _common(p)
+
+    p = sub.add_parser("inpaint", help="fill in missing pixels (a mask file, or a random fraction)")
+    p.add_argument("image", help="the image with missing pixels")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--mask", metavar="FILE", help="mask image of the same size: white = known, black = missing")
+    how.add_argument("--keep-fraction", type=_fraction, metavar="F",
+                     help="drop pixels at random, keeping this fraction, and report the PSNR against the input")
+    _single_outputs(p)
+    _common(p)
+
+    p = sub.add_parser("deblur", help="remove a known blur (not in the original paper)")
+    p.add_argument("image", help="the blurred image")
+    p.add_argument("--kernel", required=True, metavar="gauss:SIGMA|FILE",
+                   help="the blur: gauss:SIGMA (a Gaussian of that sigma in pixels), or a kernel file "
+                        "(.npy array, or a greyscale image; normalised to sum 1)")
+    p.add_argument("--simulate", action="store_true",
+                   help="treat the input as sharp: blur it first and report the PSNR against it")
+    _single_outputs(p)
+    _common(p)
+
+    p = sub.add_parser("flash", help="flash / no-flash: the no-flash light without its noise")
+    p.add_argument("--flash", required=True, metavar="FILE", help="the photo taken with flash (the net's input)")
+    p.add_argument("--no-flash", required=True, metavar="FILE", help="the photo taken without flash (the target)")
+    _single_outputs(p)
+    _common(p)
+
+    p = sub.add_parser("batch", help="restore every image of a folder, many per compiled call")
+    p.add_argument("folder", help="folder of images (not searched recursively)")
+    p.add_argument("--out", default="dip_jax_batch", metavar="DIR", help="output folder (default ./dip_jax_batch)")
+    p.add_argument("--task", default="denoise", choices=("denoise", "super-resolve", "inpaint"),
+                   help="what to do to each image (default denoise)")
+    p.add_argument("--factor", type=_positive_int, default=4, help="super-resolve: upscaling factor (default 4)")
+    p.add_argument("--keep-fraction", type=_fraction, metavar="F",
+                   help="inpaint: drop pixels at random keeping this fraction (required for --task inpaint)")
+    p.add_argument("--add-noise", type=_positive_float, metavar="SIGMA",
+                   help="denoise: first add noise of this sigma and report PSNRs against the inputs")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+                   help="images per compiled call (default 8)")
+    _common(p)
+
+    p = sub.add_parser("report", help="markdown report of experiment run folders")
+    p.add_argument("runs", nargs="+", help="run folders or folders containing them")
+    p.add_argument("--out", metavar="FILE", help="write the report here instead of printing it")
+    return parser
+
+
+def _single_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="FILE",
+                   help="output image (.png/.tif/.jpg; default ./STEM_COMMAND.png); same bit depth as the input")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="also write a run folder there: comparison figure, PSNR plot, config and metrics")
+    p.add_argument("--ground-truth", metavar="FILE", help="the clean image, to report the PSNR of the result")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _adapt_net(net, *, channels: int, input_channels: int | None, preset_name: str | None):
+    """The task's net (or a named preset) for images with `channels` channels."""
+    if preset_name is not None:
+        return nets.preset(preset_name, num_output_channels=channels, num_input_channels=input_channels)
+    changes = {"num_output_channels": channels}
+    if input_channels is not None:
+        changes["num_input_channels"] = input_channels
+    if isinstance(net, tasks.PixelsConfig):
+        changes["num_input_channels"] = channels
+    return dataclasses.replace(net, **changes)
+
+
+def _configure(task: tasks.TaskConfig, args, *, channels: int, guide_channels: int | None = None,
+               **changes) -> tasks.TaskConfig:
+    """The task for this command line: quick variant, channels, --net, --steps, --lr and `changes`."""
+    if args.quick:
+        task = task.quick_variant()
+    net = _adapt_net(task.net, channels=channels, input_channels=guide_channels, preset_name=args.net)
+    task = dataclasses.replace(task, net=net, channels=channels, **changes)
+    return task.with_steps(args.steps, args.lr)
+
+
+def _load(path: str) -> io.LoadedImage:
+    return io.load_image(path)
+
+
+def _default_out(source: str, command: str) -> Path:
+    suffix = {"denoise": "denoised", "super-resolve": "upscaled", "inpaint": "inpainted", "deblur": "deblurred",
+              "flash": "flash_no_flash"}[command]
+    return Path.cwd() / f"{Path(source).stem}_{suffix}.png"
+
+
+def _resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if alpha.shape[:2] == size:
+        return alpha
+    pil = Image.fromarray(np.ascontiguousarray(alpha[..., 0], np.float32))
+    resized = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BICUBIC), np.float32)
+    return np.clip(resized, 0.0, 1.0)[..., None]
+
+
+def _save(path: Path, image: np.ndarray, loaded: io.LoadedImage) -> None:
+    alpha = None if loaded.alpha is None else _resize_alpha(loaded.alpha, image.shape[:2])
+    io.save_image(path, image, bit_depth=loaded.bit_depth, alpha=alpha)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from dip_jax import metrics
+
+    return float(metrics.psnr(a, b))
+
+
+def _load_kernel(spec: str) -> np.ndarray:
+    from dip_jax import experiment
+
+    if spec.startswith("gauss:"):
+        try:
+            sigma = float(spec.partition(":")[2])
+        except ValueError:
+            raise _Error(f"--kernel {spec!r}: give gauss:SIGMA with a number, e.g. gauss:2") from None
+        return experiment.blur_kernel(sigma)
+    path = Path(spec)
+    if not path.is_file():
+        raise _Error(f"--kernel {spec!r} is neither gauss:SIGMA nor an existing file; give e.g. gauss:2 or kernel.npy")
+    if path.suffix == ".npy":
+        kernel = np.load(path, allow_pickle=False).astype(np.float32)
+    else:
+        image = io.load_image(path).image
+        kernel = image.mean(axis=-1)
+    if kernel.ndim != 2 or not np.all(np.isfinite(kernel)) or kernel.sum() <= 0:
+        raise _Error(f"the kernel in {spec!r} must be a 2-D array of finite values with a positive sum")
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _report_line(command: str, source: str, out: Path, task, found: dict, seconds: float) -> str:
+    text = f"{PROG} {command}: {source} -> {out} ({task.fit.num_steps} steps, {seconds:.1f} s)"
+    if "psnr" in found:
+        text += f"; PSNR {found['psnr']:.2f} dB"
+        if "psnr_observation" in found:
+            text += f" (input to the net: {found['psnr_observation']:.2f} dB)"
+        if "baselines" in found:
+            text += f" (bicubic: {found['baselines']['bicubic']['psnr']:.2f} dB)"
+    return text
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key) -> int:
+    from dip_jax import experiment
+
+    out = Path(args.out) if args.out else _default_out(source, command)
+    experiment.enable_compile_cache()
+    t0 = time.perf_counter()
+    (result,) = experiment.fit_samples(key, task, [sample], restarts=args.restarts, progress=args.progress)
+    seconds = time.perf_counter() - t0
+    _save(out, result.restored, loaded)
+    found = experiment.sample_metrics(task, sample, result)
+    if args.run_dir:
+        found = experiment.write_run(args.run_dir, task, sample, result,
+                                     options={"command": command, "quick": args.quick, "seed": args.seed})
+    print(_report_line(command, source, out, task, found, seconds))
+    return 0
+
+
+def _ground_truth(args, shape) -> np.ndarray | None:
+    if not getattr(args, "ground_truth", None):
+        return None
+    gt = io.load_image(args.ground_truth).image
+    if gt.shape != shape:
+        raise _Error(f"--ground-truth is {gt.shape[0]}x{gt.shape[1]}x{gt.shape[2]} but the result will be "
+                     f"{shape[0]}x{shape[1]}x{shape[2]}; give the clean image of the same size and channels")
+    return gt
+
+
+def _key(args):
+    import jax
+
+    return jax.random.split(jax.random.key(args.seed))
+
+
+def cmd_denoise(args) -> int:
+    from dip_jax import experiment
+
+    loaded = _load(args.image)
+    c = loaded.image.shape[-1]
+    task = _configure(tasks.task("denoising"), args, channels=c, noise_sigma=None)
+    k_data, k_fit = _key(args)
+    observation, gt = loaded.image, _ground_truth(args, loaded.image.shape)
+    if args.add_noise:
+        gt, observation = loaded.image, experiment.add_noise(k_data, loaded.image, args.add_noise)
+    sample = experiment.Sample(name=Path(args.image).stem, observation=observation, ground_truth=gt,
+                               source=args.image)
+    return _fit_and_write(args, "denoise", task, sample, loaded, source=args.image, key=k_fit)
+
+
+def cmd_super_resolve(args) -> int:
+    from dip_jax import experiment
+
+    loaded = _load(args.image)
+    c = loaded.image.shape[-1]
+    base = tasks.task("sr_x8" if args.factor >= 8 else "sr_x4")
+    task = _configure(base, args, channels=c, factor=args.factor, kernel_type=args.kernel_type)
+    k_data, k_fit = _key(args)
+    sample = experiment.Sample(name=Path(args.image).stem, observation=loaded.image, source=args.image)
+    if args.simulate:
+        hr, lr, baselines = experiment.super_resolution_pair(loaded.image, args.factor)
+        sample.observation, sample.ground_truth, sample.baselines = lr, hr, baselines
+        if loaded.alpha is not None:
+            loaded = dataclasses.replace(loaded, alpha=experiment.centre_crop(loaded.alpha, *hr.shape[:2]))
+    else:
+        h, w = loaded.image.shape[:2]
+        sample.ground_truth = _ground_truth(args, (h * args.factor, w * args.factor, c))
+    return _fit_and_write(args, "super-resolve", task, sample, loaded, source=args.image, key=k_fit)
+
+
+def cmd_inpaint(args) -> int:
+    from dip_jax import experiment, operators
+
+    loaded = _load(args.image)
+    image = loaded.image
+    c = image.shape[-1]
+    k_data, k_fit = _key(args)
+    if args.mask:
+        mask = io.load_mask(args.mask, shape=image.shape)
+        task = _configure(tasks.task("text_inpainting"), args, channels=c)
+        gt = _ground_truth(args, image.shape)
+    else:
+        # Random missing pixels: the paper's restoration setting (its 50% task).
+        task = _configure(tasks.task("restoration_50"), args, channels=c, keep_fraction=args.keep_fraction)
+        mask = np.asarray(operators.bernoulli_mask(k_data, (1,) + image.shape[:2] + (1,), args.keep_fraction)[0])
+        gt = image
+    if mask.max() == 0:
+        raise _Error(f"the mask {args.mask!r} marks every pixel as missing (all black); white must mark known pixels")
+    sample = experiment.Sample(name=Path(args.image).stem, observation=image * mask, ground_truth=gt, mask=mask,
+                               source=args.image)
+    task = dataclasses.replace(task, operator="mask")
+    return _fit_and_write(args, "inpaint", task, sample, loaded, source=args.image, key=k_fit)
+
+
+def cmd_deblur(args) -> int:
+    import jax.numpy as jnp
+
+    from dip_jax import experiment, operators
+
+    loaded = _load(args.image)
+    c = loaded.image.shape[-1]
+    kernel = _load_kernel(args.kernel)
+    if kernel.shape[0] > loaded.image.shape[0] or kernel.shape[1] > loaded.image.shape[1]:
+        raise _Error(f"the kernel ({kernel.shape[0]}x{kernel.shape[1]}) is larger than the image; use a smaller one")
+    task = _configure(tasks.task("deblur"), args, channels=c)
+    k_data, k_fit = _key(args)
+    observation, gt = loaded.image, _ground_truth(args, loaded.image.shape)
+    if args.simulate:
+        gt = loaded.image
+        observation = np.asarray(operators.Blur(task.blur_padding).apply(jnp.asarray(gt)[None], jnp.asarray(kernel))[0])
+    sample = experiment.Sample(name=Path(args.image).stem, observation=observation, ground_truth=gt, kernel=kernel,
+                               source=args.image)
+    return _fit_and_write(args, "deblur", task, sample, loaded, source=args.image, key=k_fit)
+
+
+def cmd_flash(args) -> int:
+    from dip_jax import experiment
+
+    flash = _load(args.flash)
+    no_flash = _load(args.no_flash)
+    if flash.image.shape[:2] != no_flash.image.shape[:2]:
+        raise _Error(f"the flash photo is {flash.image.shape[0]}x{flash.image.shape[1]} but the no-flash photo is "
+                     f"{no_flash.image.shape[0]}x{no_flash.image.shape[1]}; give an aligned pair of one size")
+    c = no_flash.image.shape[-1]
+    task = _configure(tasks.task("flash_no_flash"), args, channels=c, guide_channels=flash.image.shape[-1])
+    _, k_fit = _key(args)
+    sample = experiment.Sample(name=Path(args.no_flash).stem, observation=no_flash.image, guide=flash.image,
+                               ground_truth=_ground_truth(args, no_flash.image.shape), source=args.no_flash)
+    return _fit_and_write(args, "flash", task, sample, no_flash, source=args.no_flash, key=k_fit)
+
+
+def cmd_demo(args) -> int:
+    import jax
+
+    from dip_jax import experiment, sample_images
+
+    size = 64 if args.quick else DEMO_SIZE
+    # The centre of the photo at twice the size: a natural scale for a 128 px crop (a whole picture
+    # shrunk to 128 px is mostly fine detail, which no prior tells from noise).
+    clean = experiment.centre_crop(sample_images.sample_image(args.image, size=2 * size), size, size)
+    k_data, k_fit = jax.random.split(jax.random.key(args.seed))
+    noisy = experiment.add_noise(k_data, clean, DEMO_SIGMA)
+    task = demo_task(quick=args.quick, net=args.net, steps=args.steps, lr=args.lr)
+    sample = experiment.Sample(name=args.image, observation=noisy, ground_truth=clean,
+                               source=f"sample:{args.image}")
+    print(f"{PROG} demo: denoising the built-in '{args.image}' photo ({size}x{size}, noise sigma {DEMO_SIGMA:g}) "
+          f"with {task.fit.num_steps} steps; the first run compiles the net (tens of seconds on a CPU)...")
+    experiment.enable_compile_cache()
+    t0 = time.perf_counter()
+    (result,) = experiment.fit_samples(k_fit, task, [sample], restarts=args.restarts, progress=args.progress)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    found = experiment.write_run(out, task, sample, result,
+                                 options={"command": "demo", "quick": args.quick, "seed": args.seed})
+    for name, src in (("clean.png", out / "ground_truth.png"), ("noisy.png", out / "observation.png"),
+                      ("restored.png", out / "result.png")):
+        (out / name).write_bytes(src.read_bytes())
+    print(f"{PROG} demo: PSNR noisy {found['psnr_observation']:.2f} dB -> restored {found['psnr']:.2f} dB "
+          f"({seconds:.1f} s). Wrote {out}/restored.png, noisy.png, clean.png, comparison.png, psnr.png")
+    return 0
+
+
+def demo_task(*, quick: bool = False, net: str | None = None, steps: int | None = None,
+              lr: float | None = None) -> tasks.TaskConfig:
+    """The demo's denoising setting: the paper's, with a narrow net sized for about a minute on a 2-core CPU.
+
+    `quick` is exactly `dip-jax denoise --quick` (the denoising task's quick variant).
+    """
+    base = tasks.task("denoising")
+    if quick:
+        task = base.quick_variant()
+    else:
+        fit = dataclasses.replace(base.fit, num_steps=DEMO_STEPS, chunk_size=100)
+        task = dataclasses.replace(base, net=nets.narrow(base.net, width=16, scales=3), fit=fit)
+    if net is not None:
+        task = dataclasses.replace(task, net=nets.preset(net, num_output_channels=3))
+    task = dataclasses.replace(task, name="demo", title="Demo: denoising a built-in photo")
+    return task.with_steps(steps, lr)
+
+
+def cmd_batch(args) -> int:
+    import jax
+
+    from dip_jax import experiment, operators
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise _Error(f"{args.folder!r} is not a folder; give a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise _Error(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.folder!r}")
+    if args.task == "inpaint" and args.keep_fraction is None:
+        raise _Error("--task inpaint needs --keep-fraction F (the fraction of pixels kept at random)")
+    loaded = [_load(str(p)) for p in files]
+    k_data, k_fit = jax.random.split(jax.random.key(args.seed))
+    samples = []
+    for i, (path, item) in enumerate(zip(files, loaded)):
+        k = jax.random.fold_in(k_data, i)
+        image = item.image
+        sample = experiment.Sample(name=path.stem, observation=image, source=str(path))
+        if args.task == "denoise" and args.add_noise:
+            sample.ground_truth, sample.observation = image, experiment.add_noise(k, image, args.add_noise)
+        elif args.task == "inpaint":
+            mask = np.asarray(operators.bernoulli_mask(k, (1,) + image.shape[:2] + (1,), args.keep_fraction)[0])
+            sample.mask, sample.observation, sample.ground_truth = mask, image * mask, image
+        samples.append(sample)
+
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.observation.shape, []).append(i)
+    out_dir = Path(args.out)
+    experiment.enable_compile_cache()
+    t_all = time.perf_counter()
+    for g, (shape, indices) in enumerate(groups.items()):
+        c = shape[-1]
+        if args.task == "denoise":
+            task = _configure(tasks.task("denoising"), args, channels=c, noise_sigma=None)
+        elif args.task == "super-resolve":
+            base = tasks.task("sr_x8" if args.factor >= 8 else "sr_x4")
+            task = _configure(base, args, channels=c, factor=args.factor)
+        else:
+            task = _configure(tasks.task("restoration_50"), args, channels=c, keep_fraction=args.keep_fraction,
+                              operator="mask")
+        chunks = [indices[i : i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
+        for n, chunk in enumerate(chunks):
+            # A short last chunk is topped up with copies so every chunk reuses one compiled program.
+            padded = chunk + [chunk[-1]] * (args.batch_size - len(chunk)) if len(chunks) > 1 else chunk
+            t0 = time.perf_counter()
+            results = experiment.fit_samples(jax.random.fold_in(jax.random.fold_in(k_fit, g), n), task,
+                                             [samples[i] for i in padded], restarts=args.restarts,
+                                             progress=args.progress)
+            seconds = time.perf_counter() - t0
+            for i, result in zip(chunk, results):
+                out = out_dir / f"{files[i].stem}.png"
+                _save(out, result.restored, loaded[i])
+                count = f"{len(padded)} image{'s' if len(padded) > 1 else ''}"
+                line = (f"{PROG} batch: {files[i].name} -> {out} ({shape[0]}x{shape[1]}x{c}, "
+                        f"{count} in one call, {seconds:.1f} s)")
+                if samples[i].ground_truth is not None and samples[i].ground_truth.shape == result.restored.shape:
+                    line += (f"; PSNR {_psnr(result.restored, samples[i].ground_truth):.2f} dB "
+                             f"(input {_psnr(samples[i].observation, samples[i].ground_truth):.2f} dB)")
+                print(line)
+    print(f"{PROG} batch: {len(files)} images in {len(groups)} size group(s), "
+          f"{time.perf_counter() - t_all:.1f} s -> {out_dir}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from dip_jax import experiment
+
+    text = experiment.report(args.runs)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{PROG} report: wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "denoise": cmd_denoise,
+    "super-resolve": cmd_super_resolve,
+    "inpaint": cmd_inpaint,
+    "deblur": cmd_deblur,
+    "flash": cmd_flash,
+    "batch": cmd_batch,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dip-jax` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as err:  # io.ImageIOError and the CLI's own errors are ValueErrors
+        message = " ".join(str(err).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
