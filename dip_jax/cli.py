@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _single_outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE",
-                   help="output image (.png/.tif/.jpg; default ./STEM_COMMAND.png); same bit depth as the input")
+                   help="output image (.png/.tif/.jpg; default ./STEM_denoised.png, ./STEM_upscaled.png ...); "
+                        "same bit depth as the input")
     p.add_argument("--run-dir", metavar="DIR",
                    help="also write a run folder there: comparison figure, PSNR plot, config and metrics")
     p.add_argument("--ground-truth", metavar="FILE", help="the clean image, to report the PSNR of the result")
