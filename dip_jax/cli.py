@@ -13,9 +13,19 @@ resized for super-resolution), 8- and 16-bit; the result is written at the
 input's bit depth. Sizes the net cannot take are padded (reflection) and the
 result cropped back, so no border pixel is lost (the original crops).
 
-Every problem with the inputs (unreadable file, wrong sizes, bad options)
-ends the command with one line `dip-jax: error: ...` on stderr and exit
-status 2, never a traceback.
+Every problem with the inputs (unreadable file, wrong sizes, bad options,
+a damaged or foreign checkpoint) ends the command with one line
+`dip-jax: error: ...` on stderr and exit status 2, never a traceback.
+
+Long runs (every fitting command): `--checkpoint-every N` checkpoints every
+N steps (single-image commands into `OUT_STEM.ckpt/` next to the output, or
+`--checkpoint-dir`; `demo` and `batch` into their `--out` folder, one file
+per compiled call); `--resume` continues from there bit for bit. A finished
+result (the output image, a folder with its metrics.json / batch.json) is
+never replaced without `--overwrite`; the check runs before any fitting.
+Ctrl-C / SIGTERM finishes the current chunk, writes the checkpoint and the
+result so far as `*.partial.png` (never a NaN image, no metrics.json), says
+how to resume and exits with status 130.
 
 The settings are the paper's (`dip_jax.tasks`): they assume a GPU. On a CPU
 use `--quick` (narrow net, few steps) or lower `--steps`. Compiled programs
@@ -26,7 +36,9 @@ of the same problem starts at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,6 +53,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".p
 DEMO_SIZE = 128
 DEMO_SIGMA = 25.0
 DEMO_STEPS = 600
+BATCH_MARKER = "batch.json"  # written last by a finished `batch`
 
 
 class _Error(ValueError):
@@ -83,6 +96,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true", help="narrow net and few steps: a fast, rough result on a CPU")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show the progress bar (default: on)")
+    g = p.add_argument_group("long runs")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="write a checkpoint every N steps (also at the end and on Ctrl-C), to continue with --resume")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from its checkpoint (same command line otherwise)")
+    how.add_argument("--overwrite", action="store_true",
+                     help="replace the results and delete the checkpoints of an earlier run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +190,9 @@ def _single_outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR",
                    help="also write a run folder there: comparison figure, PSNR plot, config and metrics")
     p.add_argument("--ground-truth", metavar="FILE", help="the clean image, to report the PSNR of the result")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="where --checkpoint-every / --resume keep the checkpoint (default: OUT_STEM.ckpt/ next to "
+                        "the output image)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,21 +281,108 @@ def _report_line(command: str, source: str, out: Path, task, found: dict, second
             text += f" (input to the net: {found['psnr_observation']:.2f} dB)"
         if "baselines" in found:
             text += f" (bicubic: {found['baselines']['bicubic']['psnr']:.2f} dB)"
-    return text
+    return text + _rollback_note(found.get("num_rollbacks"))
+
+
+def _rollback_note(rollbacks) -> str:
+    count = 0 if rollbacks is None else int(np.sum(rollbacks))
+    return f"; {count} divergence recover{'y' if count == 1 else 'ies'}" if count else ""
+
+
+# --------------------------------------------------------------------------- long runs
+
+
+def _partial_path(out: Path) -> Path:
+    """Where an interrupted run's result goes: `x.png` -> `x.partial.png` (the final name means finished)."""
+    return out.with_name(f"{out.stem}.partial{out.suffix}")
+
+
+def _checkpoint_options(args, directory: Path, *, name: str = "ckpt"):
+    """The `experiment.CheckpointOptions` of this command line, None when it asks for no checkpoints."""
+    from dip_jax import experiment
+
+    if args.checkpoint_every is None and not args.resume:
+        return None
+    return experiment.CheckpointOptions(directory, every=args.checkpoint_every, resume=args.resume, name=name)
+
+
+def _prepare_checkpoint_dir(args, directory: Path, *, marker: str = "metrics.json") -> None:
+    """Refuse (before fitting) to start over on an unfinished run's checkpoints; --overwrite deletes them."""
+    from dip_jax import checkpoint
+
+    checkpointing = args.checkpoint_every is not None or args.resume
+    if checkpointing or (args.overwrite and directory.is_dir()):
+        checkpoint.prepare_output_dir(directory, overwrite=args.overwrite, resume=args.resume, marker=marker)
+    if not checkpointing and args.overwrite:
+        with contextlib.suppress(OSError):  # only an emptied checkpoint folder goes, never anything else
+            directory.rmdir()
+
+
+def _refuse_existing(paths: Sequence[Path], args) -> None:
+    """A finished run's output image is never replaced silently (checked before any fitting)."""
+    from dip_jax import checkpoint
+
+    if args.overwrite:
+        return
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise checkpoint.OutputExistsError(
+            f"{str(existing[0])!r}{more} already exists (the result of a finished run); choose another --out or "
+            "pass --overwrite to replace it"
+        )
+
+
+def _write_partial(path: Path, result, loaded: io.LoadedImage | None = None) -> str:
+    """Save an interrupted fit's result so far (as `loaded`'s file); a non-finite one is not written."""
+    if result is None:
+        return ""
+    if not np.all(np.isfinite(result.restored)):
+        return f"{path} not written (the fit had diverged)"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if loaded is None:
+        io.save_image(path, result.restored)
+    else:
+        _save(path, result.restored, loaded)
+    return str(path)
+
+
+def _interrupted(command: str, stop, task, written: Sequence[str]) -> int:
+    """Tell where the partial results and the checkpoint are and how to go on; the exit status (130)."""
+    parts = [f"{PROG} {command}: interrupted after step {stop.step} of {task.fit.num_steps}"]
+    written = [w for w in written if w]
+    if written:
+        parts.append("partial result" + ("s" if len(written) > 1 else "") + ": " + ", ".join(written))
+    if stop.checkpoint_path is not None:
+        parts.append(f"checkpoint: {stop.checkpoint_path}; run the same command with --resume to continue")
+    else:
+        parts.append("no checkpoint was written (pass --checkpoint-every N to be able to resume)")
+    print("; ".join(parts), file=sys.stderr)
+    return 130
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key) -> int:
-    from dip_jax import experiment
+    from dip_jax import checkpoint, experiment
 
     out = Path(args.out) if args.out else _default_out(source, command)
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(f"{out.stem}.ckpt")
+    _refuse_existing([out], args)
+    if args.run_dir:
+        checkpoint.prepare_output_dir(args.run_dir, overwrite=args.overwrite, resume=args.resume)
+    _prepare_checkpoint_dir(args, ckpt_dir)
     experiment.enable_compile_cache()
     t0 = time.perf_counter()
-    (result,) = experiment.fit_samples(key, task, [sample], restarts=args.restarts, progress=args.progress)
+    try:
+        (result,) = experiment.fit_samples(key, task, [sample], restarts=args.restarts, progress=args.progress,
+                                           checkpoint=_checkpoint_options(args, ckpt_dir), handle_signals=True)
+    except experiment.Interrupted as stop:
+        return _interrupted(command, stop, task, [_write_partial(_partial_path(out), stop.results[0], loaded)])
     seconds = time.perf_counter() - t0
     _save(out, result.restored, loaded)
+    _partial_path(out).unlink(missing_ok=True)
     found = experiment.sample_metrics(task, sample, result)
     if args.run_dir:
         found = experiment.write_run(args.run_dir, task, sample, result,
@@ -395,7 +506,7 @@ def cmd_flash(args) -> int:
 def cmd_demo(args) -> int:
     import jax
 
-    from dip_jax import experiment, sample_images
+    from dip_jax import checkpoint, experiment, sample_images
 
     size = 64 if args.quick else DEMO_SIZE
     # The centre of the photo at twice the size: a natural scale for a 128 px crop (a whole picture
@@ -408,13 +519,20 @@ def cmd_demo(args) -> int:
                                source=f"sample:{args.image}")
     print(f"{PROG} demo: denoising the built-in '{args.image}' photo ({size}x{size}, noise sigma {DEMO_SIGMA:g}) "
           f"with {task.fit.num_steps} steps; the first run compiles the net (tens of seconds on a CPU)...")
+    out = Path(args.out)
+    # Checkpoints live in the run folder, so one check covers the finished run and an unfinished one.
+    checkpoint.prepare_output_dir(out, overwrite=args.overwrite, resume=args.resume)
     experiment.enable_compile_cache()
     t0 = time.perf_counter()
-    (result,) = experiment.fit_samples(k_fit, task, [sample], restarts=args.restarts, progress=args.progress)
+    try:
+        (result,) = experiment.fit_samples(k_fit, task, [sample], restarts=args.restarts, progress=args.progress,
+                                           checkpoint=_checkpoint_options(args, out), handle_signals=True)
+    except experiment.Interrupted as stop:
+        return _interrupted("demo", stop, task, [_write_partial(out / "restored.partial.png", stop.results[0])])
     seconds = time.perf_counter() - t0
-    out = Path(args.out)
     found = experiment.write_run(out, task, sample, result,
                                  options={"command": "demo", "quick": args.quick, "seed": args.seed})
+    (out / "restored.partial.png").unlink(missing_ok=True)
     for name, src in (("clean.png", out / "ground_truth.png"), ("noisy.png", out / "observation.png"),
                       ("restored.png", out / "result.png")):
         (out / name).write_bytes(src.read_bytes())
@@ -444,7 +562,7 @@ def demo_task(*, quick: bool = False, net: str | None = None, steps: int | None 
 def cmd_batch(args) -> int:
     import jax
 
-    from dip_jax import experiment, operators
+    from dip_jax import checkpoint, experiment, operators
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -472,8 +590,15 @@ def cmd_batch(args) -> int:
     for i, s in enumerate(samples):
         groups.setdefault(s.observation.shape, []).append(i)
     out_dir = Path(args.out)
+    outputs = [out_dir / f"{p.stem}.png" for p in files]
+    if not args.resume:
+        _refuse_existing(outputs, args)
+    # batch.json is written last: it marks the folder as a finished batch (replaced only with --overwrite).
+    checkpoint.prepare_output_dir(out_dir, overwrite=args.overwrite, resume=args.resume, marker=BATCH_MARKER)
     experiment.enable_compile_cache()
     t_all = time.perf_counter()
+    entries: dict[int, dict] = {}
+    call = 0  # the compiled call's index: its checkpoint is ckpt-CALL.npz, found again by --resume
     for g, (shape, indices) in enumerate(groups.items()):
         c = shape[-1]
         if args.task == "denoise":
@@ -486,23 +611,48 @@ def cmd_batch(args) -> int:
                               operator="mask")
         chunks = [indices[i : i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
         for n, chunk in enumerate(chunks):
+            name, call = f"ckpt-{call}", call + 1
+            if args.resume and all(outputs[i].exists() for i in chunk):
+                # Finished before the interruption: its images were written after its last step.
+                for i in chunk:
+                    entries[i] = {"image": files[i].name, "output": str(outputs[i]), "kept_from_earlier_run": True}
+                    print(f"{PROG} batch: {files[i].name} -> {outputs[i]} (finished earlier, kept)")
+                continue
             # A short last chunk is topped up with copies so every chunk reuses one compiled program.
             padded = chunk + [chunk[-1]] * (args.batch_size - len(chunk)) if len(chunks) > 1 else chunk
             t0 = time.perf_counter()
-            results = experiment.fit_samples(jax.random.fold_in(jax.random.fold_in(k_fit, g), n), task,
-                                             [samples[i] for i in padded], restarts=args.restarts,
-                                             progress=args.progress)
+            try:
+                results = experiment.fit_samples(jax.random.fold_in(jax.random.fold_in(k_fit, g), n), task,
+                                                 [samples[i] for i in padded], restarts=args.restarts,
+                                                 progress=args.progress,
+                                                 checkpoint=_checkpoint_options(args, out_dir, name=name),
+                                                 handle_signals=True)
+            except experiment.Interrupted as stop:
+                written = [_write_partial(_partial_path(outputs[i]), r, loaded[i])
+                           for i, r in zip(chunk, stop.results)]
+                return _interrupted("batch", stop, task, written)
             seconds = time.perf_counter() - t0
             for i, result in zip(chunk, results):
-                out = out_dir / f"{files[i].stem}.png"
+                out = outputs[i]
                 _save(out, result.restored, loaded[i])
+                _partial_path(out).unlink(missing_ok=True)
                 count = f"{len(padded)} image{'s' if len(padded) > 1 else ''}"
                 line = (f"{PROG} batch: {files[i].name} -> {out} ({shape[0]}x{shape[1]}x{c}, "
                         f"{count} in one call, {seconds:.1f} s)")
+                entry = {"image": files[i].name, "output": str(out), "steps": int(task.fit.num_steps),
+                         "seconds": round(seconds, 3)}
                 if samples[i].ground_truth is not None and samples[i].ground_truth.shape == result.restored.shape:
-                    line += (f"; PSNR {_psnr(result.restored, samples[i].ground_truth):.2f} dB "
-                             f"(input {_psnr(samples[i].observation, samples[i].ground_truth):.2f} dB)")
+                    entry["psnr"] = _psnr(result.restored, samples[i].ground_truth)
+                    entry["psnr_input"] = _psnr(samples[i].observation, samples[i].ground_truth)
+                    line += f"; PSNR {entry['psnr']:.2f} dB (input {entry['psnr_input']:.2f} dB)"
+                if result.num_rollbacks is not None:
+                    entry["num_rollbacks"] = [int(r) for r in result.num_rollbacks]
+                    line += _rollback_note(result.num_rollbacks)
+                entries[i] = entry
                 print(line)
+    summary = {"task": args.task, "quick": args.quick, "seed": args.seed, "restarts": args.restarts,
+               "images": [entries[i] for i in sorted(entries)]}
+    (out_dir / BATCH_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{PROG} batch: {len(files)} images in {len(groups)} size group(s), "
           f"{time.perf_counter() - t_all:.1f} s -> {out_dir}")
     return 0

@@ -9,11 +9,15 @@ Contract:
   guide image (flash) or the unit (activation maximisation). Synthetic
   corruptions (noise, random masks) are drawn from `key`. With `quick` the
   images are brought to the task's `QuickSettings.size` first.
-- `fit_samples(key, task, samples, *, restarts=1, progress=False, classifier=None)`
-  fits every sample: samples of the same shape go through ONE engine call
-  (vmapped or mapped over images x restarts). Images are padded to the net's
-  `size_multiple` (reflection; masks with 0 = unknown) and the results
-  cropped back. Returns one `SampleResult` per sample, in order.
+- `fit_samples(key, task, samples, *, restarts=1, progress=False, classifier=None, checkpoint=None,
+  handle_signals=None)` fits every sample: samples of the same shape go
+  through ONE engine call (vmapped or mapped over images x restarts). Images
+  are padded to the net's `size_multiple` (reflection; masks with 0 =
+  unknown) and the results cropped back. Returns one `SampleResult` per
+  sample, in order. `checkpoint` (a `CheckpointOptions`) checkpoints each
+  shape group to its own file and resumes from it; on SIGINT/SIGTERM
+  (`handle_signals`, default: when checkpointing) `Interrupted` is raised
+  with every sample's result so far.
 - `write_run(run_dir, task, sample, result, *, options)` writes a run folder:
   `result.png` (the restored image: averaged output if the task averages,
   mean over restarts), `observation.png`, `ground_truth.png` and `mask.png`
@@ -531,6 +535,54 @@ def _group(samples: Sequence[Sample]) -> dict[tuple, list[int]]:
     return groups
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+    """Where and how `fit_samples` checkpoints: `directory/NAME.npz` (`NAME-G.npz` per shape group G).
+
+    `every`: steps between checkpoints (None: only at the end and when a
+    signal stops the fit); `resume`: continue from the checkpoints found
+    (a group without one starts fresh); `name`: the file name's stem, so
+    several calls (a batch's chunks, an experiment's tasks) can share a
+    directory without resuming each other's checkpoints.
+    """
+
+    directory: Path
+    every: int | None = None
+    resume: bool = False
+    name: str = "ckpt"
+
+    def __post_init__(self):
+        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, (int, np.integer))
+                                       or self.every < 1):
+            raise ValueError(f"checkpoint every must be a positive number of steps or None, got {self.every!r}")
+        if not self.name or any(sep in self.name for sep in ("/", "\\", os.sep)):
+            raise ValueError(f"checkpoint name must be a plain file name stem like 'ckpt', got {self.name!r}")
+        object.__setattr__(self, "directory", Path(self.directory))
+
+    def checkpointer(self, group: int, num_groups: int):
+        from dip_jax import checkpoint as checkpoint_lib
+
+        filename = f"{self.name}.npz" if num_groups == 1 else f"{self.name}-{group}.npz"
+        return checkpoint_lib.Checkpointer(self.directory, every=self.every, filename=filename)
+
+
+class Interrupted(engine.Interrupted):
+    """SIGINT/SIGTERM stopped `fit_samples` (after the current chunk, and a checkpoint when checkpointing).
+
+    `results[i]`: sample i's `SampleResult`: the final one for shape groups
+    that had finished, the state so far for the group that was stopped
+    (`partial[i]` True), None for groups not started. `checkpoint_path`: the
+    stopped group's checkpoint (None without checkpointing).
+    """
+
+    def __init__(self, stop: engine.Interrupted, results: list, partial: list[bool]):
+        super().__init__(stop.signum, stop.step, stop.state, stop.history, stop.checkpoint_path)
+        self.args = stop.args  # keep the engine's message (it says when the checkpoint could not be written)
+        self.result = stop.result
+        self.results = results
+        self.partial = partial
+
+
 def fit_samples(
     key,
     task: tasks.TaskConfig,
@@ -540,22 +592,46 @@ def fit_samples(
     progress: bool = False,
     classifier: tuple | None = None,
     callback=None,
+    checkpoint: CheckpointOptions | None = None,
+    handle_signals: bool | None = None,
 ) -> list[SampleResult]:
     """Fit every sample (same-shaped samples in one engine call); see the module docstring."""
     if not samples:
         raise ValueError("no samples to fit")
     if task.classifier is not None and classifier is None:
         raise ValueError(f"task {task.name} needs the classifier: pass classifier=(model, params)")
+    if checkpoint is not None and not isinstance(checkpoint, CheckpointOptions):
+        raise ValueError(f"checkpoint must be an experiment.CheckpointOptions or None, got {type(checkpoint).__name__}")
     results: list[SampleResult | None] = [None] * len(samples)
-    for g, (_, indices) in enumerate(_group(samples).items()):
+    partial = [False] * len(samples)
+    groups = _group(samples)
+    for g, (_, indices) in enumerate(groups.items()):
         group = [samples[i] for i in indices]
-        for i, r in zip(indices, _fit_group(jax.random.fold_in(key, g), task, group, restarts, progress,
-                                            classifier, callback)):
+        run_options = {"callback": callback, "handle_signals": handle_signals}
+        if checkpoint is not None:
+            run_options.update(checkpointer=checkpoint.checkpointer(g, len(groups)), resume=checkpoint.resume)
+        try:
+            group_results = _fit_group(jax.random.fold_in(key, g), task, group, restarts, progress, classifier,
+                                       run_options)
+        except _GroupInterrupted as stop:
+            for i, r in zip(indices, stop.results):
+                results[i], partial[i] = r, True
+            raise Interrupted(stop.stop, results, partial) from None
+        for i, r in zip(indices, group_results):
             results[i] = r
     return results  # type: ignore[return-value]
 
 
-def _fit_group(key, task, group, restarts, progress, classifier, callback) -> list[SampleResult]:
+class _GroupInterrupted(Exception):
+    """Internal: one group's engine.Interrupted with its results converted to `SampleResult`s."""
+
+    def __init__(self, stop: engine.Interrupted, results: list):
+        super().__init__(str(stop))
+        self.stop = stop
+        self.results = results
+
+
+def _fit_group(key, task, group, restarts, progress, classifier, run_options) -> list[SampleResult]:
     net = task.net
     m = net.size_multiple
     kwargs: dict[str, Any] = {}
@@ -617,21 +693,32 @@ def _fit_group(key, task, group, restarts, progress, classifier, callback) -> li
             raise ValueError(f"operator {op_kind!r} is not handled")
         if task.has_image_input:
             kwargs["net_input"] = np.stack([pad(s.guide, "reflect") for s in group])
-    result = engine.fit(
-        key, net, task.fit, observation, op=op, restarts=restarts, progress=progress, callback=callback, **kwargs
-    )
+    try:
+        result = engine.fit(key, net, task.fit, observation, op=op, restarts=restarts, progress=progress,
+                            **run_options, **kwargs)
+    except engine.Interrupted as stop:
+        if stop.result is None:
+            raise
+        raise _GroupInterrupted(stop, _sample_results(stop.result, len(group), restarts,
+                                                      (crop_top, crop_left, out_h, out_w))) from None
+    return _sample_results(result, len(group), restarts, (crop_top, crop_left, out_h, out_w))
+
+
+def _sample_results(result: engine.FitResult, n: int, restarts: int, window) -> list[SampleResult]:
+    """Split an engine result (N images x R restarts, padded) into per-sample results cropped to `window`."""
+    crop_top, crop_left, out_h, out_w = window
     crop = (slice(None), slice(None), slice(crop_top, crop_top + out_h), slice(crop_left, crop_left + out_w))
     outputs = np.asarray(result.output)[crop]
     averaged = None if result.output_avg is None else np.asarray(result.output_avg)[crop]
     per_restart = averaged if averaged is not None else outputs
     backtracks = getattr(result, "num_backtracks", None)
     if backtracks is None:
-        backtracks = np.asarray(result.state.num_backtracks)[: len(group) * restarts]
-    backtracks = np.asarray(backtracks).reshape(len(group), restarts)
+        backtracks = np.asarray(result.state.num_backtracks)[: n * restarts]
+    backtracks = np.asarray(backtracks).reshape(n, restarts)
     rollbacks = getattr(result, "num_rollbacks", None)
-    rollbacks = None if rollbacks is None else np.asarray(rollbacks).reshape(len(group), restarts)
+    rollbacks = None if rollbacks is None else np.asarray(rollbacks).reshape(n, restarts)
     out = []
-    for i in range(len(group)):
+    for i in range(n):
         history = {k: np.asarray(v[:, i, :]) for k, v in result.history.items()}
         out.append(SampleResult(
             restored=per_restart[i].mean(axis=0),
@@ -639,7 +726,7 @@ def _fit_group(key, task, group, restarts, progress, classifier, callback) -> li
             outputs=outputs[i],
             history=history,
             seconds=float(result.seconds),
-            images_in_call=len(group),
+            images_in_call=n,
             num_backtracks=backtracks[i],
             num_rollbacks=None if rollbacks is None else rollbacks[i],
         ))
@@ -951,6 +1038,10 @@ def _parser(prog: str, description: str, variants: dict, default_variant: str) -
     p.add_argument("--out", default="runs", metavar="DIR", help="output folder (default: runs/)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when the terminal is interactive)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write a checkpoint every N steps into OUT/TASK/ (also at the end and on Ctrl-C)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/TASK/")
+    p.add_argument("--overwrite", action="store_true", help="delete earlier checkpoints in OUT/TASK/ and start over")
     return p
 
 
@@ -962,14 +1053,28 @@ def main(argv: Sequence[str] | None = None, *, variants: dict, default_variant: 
     args = parser.parse_args(argv)
     try:
         return _run_main(args, variants[getattr(args, "variant", default_variant)])
-    except ValueError as err:  # io.ImageIOError is a ValueError
+    except ValueError as err:  # io.ImageIOError and checkpoint.CheckpointError are ValueErrors
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        where = (f"checkpoint {str(stop.checkpoint_path)!r}; run the same command with --resume to continue"
+                 if stop.checkpoint_path is not None else "no checkpoint (use --checkpoint-every N to be able to resume)")
+        print(f"{prog}: interrupted after step {stop.step}; partial results written as result.partial.png; {where}",
+              file=sys.stderr)
+        return 130
 
 
 def _run_main(args, task_names) -> int:
+    from dip_jax import checkpoint as checkpoint_lib
+
     if args.restarts < 1:
         raise ValueError(f"--restarts must be >= 1, got {args.restarts}")
+    checkpoint_every = getattr(args, "checkpoint_every", None)
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
+    if resume and overwrite:
+        raise ValueError("--resume continues the checkpoints and --overwrite deletes them; pass one of them")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     key = jax.random.key(args.seed)
     out_root = Path(args.out)
@@ -987,10 +1092,32 @@ def _run_main(args, task_names) -> int:
             if task.classifier is not None:
                 model, params, weights_note = classifier_for(task, args.weights, quick=args.quick, workdir=Path(tmp))
                 classifier = (model, params)
+            checkpoint = None
+            task_dir = out_root / task.name
+            if checkpoint_every is not None or resume or (overwrite and task_dir.is_dir()):
+                # Only the checkpoints are guarded here (an unfinished run needs --resume or --overwrite):
+                # the finished runs live one level down, TASK/IMAGE/metrics.json, and are rewritten as before.
+                checkpoint_lib.prepare_output_dir(task_dir, overwrite=overwrite, resume=resume,
+                                                  marker="no-finished-marker-at-this-level")
+            if checkpoint_every is not None or resume:
+                checkpoint = CheckpointOptions(task_dir, every=checkpoint_every, resume=resume)
             enable_compile_cache()
             t0 = time.perf_counter()
-            results = fit_samples(k_fit, task, samples, restarts=args.restarts, progress=progress,
-                                  classifier=classifier)
+            try:
+                results = fit_samples(k_fit, task, samples, restarts=args.restarts, progress=progress,
+                                      classifier=classifier, checkpoint=checkpoint,
+                                      handle_signals=True if checkpoint is not None else None)
+            except Interrupted as stop:
+                options = {"quick": args.quick, "seed": args.seed, "restarts": args.restarts,
+                           "backend": jax.default_backend(), "weights": weights_note}
+                for sample, result, partial in zip(samples, stop.results, stop.partial):
+                    run_dir = out_root / task.name / sample.name
+                    if result is not None and not partial:
+                        write_run(run_dir, task, sample, result, options=options)
+                    elif result is not None and np.all(np.isfinite(result.restored)):
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        io.save_image(run_dir / "result.partial.png", result.restored)
+                raise
             options = {"quick": args.quick, "seed": args.seed, "restarts": args.restarts,
                        "backend": jax.default_backend(), "weights": weights_note,
                        "wall_seconds": round(time.perf_counter() - t0, 3)}

@@ -87,6 +87,7 @@ def test_demo_quick_writes_its_folder_in_the_current_directory(tmp_path, env):
         assert (folder / name).is_file(), name
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["psnr"] > metrics["psnr_observation"] + 1.0, metrics
+    assert metrics["num_rollbacks"] == [0]  # divergence recoveries, per restart
     assert f"{metrics['psnr']:.2f}" in out and "PSNR noisy" in out
     assert io.load_image(folder / "restored.png").image.shape == (64, 64, 3)
 
@@ -141,7 +142,7 @@ def test_batch_groups_by_size_and_tops_up_the_last_chunk(tmp_path, monkeypatch, 
     io.save_image(folder / "b.png", rng.random((20, 24, 1)).astype(np.float32), bit_depth=16)
     calls = []
 
-    def fake_fit(key, task, samples, *, restarts=1, progress=False):
+    def fake_fit(key, task, samples, *, restarts=1, progress=False, **long_run_options):
         calls.append((task.net.num_output_channels, [s.name for s in samples]))
         return [experiment.SampleResult(restored=s.observation, per_restart=s.observation[None],
                                         outputs=s.observation[None], history={}, seconds=0.0,
