@@ -508,10 +508,9 @@ def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
     depend on where a chunk starts (resumed runs match uninterrupted ones).
     With a mesh, each device runs the same scan over its share of the items.
     """
-    step = _batched_fn(problem.batch_mode, functools.partial(_item_step, problem))
     chunk = problem.fit_config.chunk_size
 
-    def run(state, data, shared, n_active):
+    def scan_steps(step, state, data, shared, n_active):
         def body(st, i):
             def active(s):
                 return step(s, data, shared)
@@ -523,6 +522,25 @@ def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
             return jax.lax.cond(i < n_active, active, idle, st)
 
         return jax.lax.scan(body, state, jnp.arange(chunk))
+
+    if problem.batch_mode == "map":
+        # Items outside, steps inside: each item's state is sliced out of the
+        # batch once per chunk and carried through its own scan, instead of
+        # being sliced and written back every step (measured on CPU: that
+        # per-step traffic made 4 restarts ~10% slower per restart than 1).
+        item_step = functools.partial(_item_step, problem)
+
+        def run(state, data, shared, n_active):
+            def one(item):
+                return scan_steps(item_step, item[0], item[1], shared, n_active)
+
+            states, records = jax.lax.map(one, (state, data))
+            return states, jax.tree_util.tree_map(lambda r: jnp.swapaxes(r, 0, 1), records)
+    else:
+        step = _batched_fn(problem.batch_mode, functools.partial(_item_step, problem))
+
+        def run(state, data, shared, n_active):
+            return scan_steps(step, state, data, shared, n_active)
 
     if mesh is not None:
         run = jax.shard_map(

@@ -27,9 +27,9 @@ DATA = ROOT / "data"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(shared_xla_cache):
     env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "dip_jax_xla_cache")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(shared_xla_cache)
     env.pop("DIP_JAX_COMPILE_CACHE", None)
     return env
 

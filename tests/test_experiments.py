@@ -1,12 +1,13 @@
 """The paper's tasks (dip_jax.tasks), the experiment library (dip_jax.experiment) and experiments/*.py.
 
-Quick-mode experiments run in ONE subprocess (experiments/run_all.py) with the
-stand-in images (DIP_DATA=none, so /work/shared is not needed) and a
-session-wide XLA compilation cache shared with test_cli.py; compiling the
-nets dominates on a CPU. The default run covers every code path (identity,
-mask and downsample operators, output averaging, the pixels generator, TV,
-the classifier); the other experiments run in the slow test. Every task's
-inputs are prepared (no fitting) in the fast tests.
+Quick-mode experiments run through experiments/run_all.py in subprocesses,
+one per group of experiments (one test each, so pytest-xdist runs them side
+by side), with the stand-in images (DIP_DATA=none, so ../shared is not
+needed) and a session-wide XLA compilation cache shared with test_cli.py.
+Compiling each net dominates on a CPU (15-40 s per experiment on 2 cores), so
+the default run takes the group that covers every operator family, output
+averaging, the pixels generator and TV; the other groups run with -m slow.
+Every task's inputs are prepared (no fitting) in fast tests.
 """
 
 from __future__ import annotations
@@ -27,41 +28,53 @@ from dip_jax import experiment, io, nets, tasks
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
-# run_all entry -> the task folders it writes.
-DEFAULT_RUNS = {
-    "denoising:sigma25": ("denoising",),
-    "text_inpainting": ("text_inpainting",),
-    "sr_prior:none": ("sr_prior_none",),
-    "sr_prior:tv": ("sr_prior_tv",),
+# run_all entry -> the task folders it writes, in groups of about equal cost
+# (one subprocess each, so pytest-xdist spreads them over its workers).
+EXPERIMENT_GROUPS = {
+    # The default run: every operator family the engine has (identity, mask,
+    # downsample), output averaging, the pixels generator and TV.
+    "default": {
+        "denoising:sigma25": ("denoising",),
+        "text_inpainting": ("text_inpainting",),
+        "sr_prior:all": ("sr_prior_none", "sr_prior_tv", "sr_prior_deep"),
+    },
+    # The rest (-m slow): about 2 minutes of compiling per group on 2 cores.
+    "sr_holes": {
+        "super_resolution:x4": ("sr_x4",),
+        "super_resolution:x8": ("sr_x8",),
+        "large_hole:vase": ("large_hole_vase",),
+        "large_hole:library": ("large_hole_library",),
+        "large_hole:library_resnet": ("large_hole_library_resnet",),
+    },
+    "classifiers_denoising": {
+        "feature_inversion": ("feature_inversion",),
+        "activation_maximization:conv4": ("activation_maximization",),
+        "denoising:sigma50": ("denoising_sigma50",),
+        "denoising:real": ("denoising_real",),
+    },
+    "restoration_jpeg_flash": {
+        "restoration:50": ("restoration_50",),
+        "restoration:98": ("restoration_98",),
+        "jpeg": ("jpeg",),
+        "flash_no_flash": ("flash_no_flash",),
+    },
+    "unet_fc8": {
+        "large_hole:library_unet": ("large_hole_library_unet",),
+        "activation_maximization:fc8": ("activation_maximization_fc8",),
+    },
 }
-SLOW_RUNS = {
-    "feature_inversion": ("feature_inversion",),
-    "denoising:sigma50": ("denoising_sigma50",),
-    "denoising:real": ("denoising_real",),
-    "jpeg": ("jpeg",),
-    "super_resolution:x4": ("sr_x4",),
-    "super_resolution:x8": ("sr_x8",),
-    "large_hole:vase": ("large_hole_vase",),
-    "large_hole:library": ("large_hole_library",),
-    "large_hole:library_unet": ("large_hole_library_unet",),
-    "large_hole:library_resnet": ("large_hole_library_resnet",),
-    "restoration:50": ("restoration_50",),
-    "restoration:98": ("restoration_98",),
-    "flash_no_flash": ("flash_no_flash",),
-    "activation_maximization:conv4": ("activation_maximization",),
-    "activation_maximization:fc8": ("activation_maximization_fc8",),
-    "sr_prior:deep": ("sr_prior_deep",),
-}
+DEFAULT_GROUP = "default"
+ALL_ENTRIES = {entry: folders for group in EXPERIMENT_GROUPS.values() for entry, folders in group.items()}
 # Super-resolution with a prior beats nearest upsampling even in a quick run; "no prior" need not.
 BEAT_NEAREST = ("sr_x4", "sr_x8", "sr_prior_deep")
 RUN_FILES = ("result.png", "comparison.png", "psnr.png", "config.json", "metrics.json", "history.npz")
 
 
-def subprocess_env(tmp_path_factory) -> dict:
+def subprocess_env(cache_dir: Path) -> dict:
     """Environment for dip_jax subprocesses: stand-in images, one XLA cache for the whole session."""
     env = dict(os.environ)
     env["DIP_DATA"] = "none"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "dip_jax_xla_cache")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     env.pop("DIP_JAX_COMPILE_CACHE", None)
     return env
 
@@ -75,12 +88,6 @@ def run_experiments(entries, out: Path, env: dict) -> dict:
     assert summary_file.is_file(), f"run_all.py wrote no summary:\n{proc.stdout}\n{proc.stderr}"
     return {"summary": json.loads(summary_file.read_text()), "stdout": proc.stdout, "stderr": proc.stderr,
             "returncode": proc.returncode}
-
-
-@pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick_runs")
-    return out, run_experiments(list(DEFAULT_RUNS), out, subprocess_env(tmp_path_factory))
 
 
 def check_run_folder(run_dir: Path) -> dict:
@@ -117,38 +124,39 @@ def _failure_text(result: dict, entry: str) -> str:
     return f"{entry}: {status}\n--- stdout\n{result['stdout'][-3000:]}\n--- stderr\n{result['stderr'][-6000:]}"
 
 
-@pytest.mark.parametrize("entry", list(DEFAULT_RUNS))
-def test_quick_experiment_writes_a_sane_run_folder(quick_runs, entry):
-    out, result = quick_runs
-    assert result["summary"].get(entry, {}).get("status") == "ok", _failure_text(result, entry)
-    for task_name in DEFAULT_RUNS[entry]:
-        runs = [p for p in (out / task_name).iterdir() if p.is_dir()]
-        assert runs, f"no run folder under {out / task_name}"
-        for run_dir in runs:
-            check_run_folder(run_dir)
+@pytest.mark.parametrize(
+    "group", [g if g == DEFAULT_GROUP else pytest.param(g, marks=pytest.mark.slow) for g in EXPERIMENT_GROUPS]
+)
+def test_every_experiment_in_quick_mode_writes_a_sane_run_folder(group, tmp_path, shared_xla_cache):
+    entries = EXPERIMENT_GROUPS[group]
+    out = tmp_path / "runs"
+    result = run_experiments(list(entries), out, subprocess_env(shared_xla_cache))
+    for entry, folders in entries.items():
+        assert result["summary"].get(entry, {}).get("status") == "ok", _failure_text(result, entry)
+        for task_name in folders:
+            runs = [p for p in (out / task_name).iterdir() if p.is_dir()]
+            assert runs, f"no run folder under {out / task_name}"
+            for run_dir in runs:
+                check_run_folder(run_dir)
+    if group == DEFAULT_GROUP:
+        _check_report(out)
 
 
-def test_quick_runs_report_compares_with_the_paper(quick_runs):
-    out, result = quick_runs
+def test_the_groups_cover_every_experiment_once():
+    run_all = _load_script("run_all")
+    assert sorted(ALL_ENTRIES) == sorted(run_all.ALL_RUNS)
+    assert sum(len(g) for g in EXPERIMENT_GROUPS.values()) == len(ALL_ENTRIES)
+
+
+def _check_report(out: Path) -> None:
     text = (out / "report.md").read_text()
     assert "| task | image | steps |" in text
-    assert "denoising (quick)" in text and "text_inpainting (quick)" in text
+    assert "denoising (quick)" in text and "sr_prior_deep (quick)" in text
     assert "29.22" in text  # the paper's denoising number appears for the denoising run
     report_script = _load_script("report")
     target = out / "again.md"
     assert report_script.main([str(out), "--out", str(target)]) == 0
     assert target.read_text() == experiment.report([out])
-
-
-@pytest.mark.slow
-def test_every_other_experiment_in_quick_mode(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick_runs_slow")
-    result = run_experiments(list(SLOW_RUNS), out, subprocess_env(tmp_path_factory))
-    for entry, folders in SLOW_RUNS.items():
-        assert result["summary"].get(entry, {}).get("status") == "ok", _failure_text(result, entry)
-        for task_name in folders:
-            for run_dir in (p for p in (out / task_name).iterdir() if p.is_dir()):
-                check_run_folder(run_dir)
 
 
 # --------------------------------------------------------------------------- fast: tasks and data, no fitting
@@ -302,8 +310,7 @@ def test_experiment_scripts_reject_bad_options(tmp_path, monkeypatch, capsys):
 
 def test_every_run_all_entry_names_a_script_and_variant():
     run_all = _load_script("run_all")
-    assert set(run_all.ALL_RUNS) >= set(DEFAULT_RUNS) - {"sr_prior:none", "sr_prior:tv"} | {"sr_prior:all"}
-    for entry in set(run_all.ALL_RUNS) | set(DEFAULT_RUNS) | set(SLOW_RUNS):
+    for entry in set(run_all.ALL_RUNS) | set(ALL_ENTRIES):
         script, _, variant = entry.partition(":")
         module = _load_script(script)
         if variant:
@@ -342,7 +349,7 @@ def test_classifier_operators_trace_to_the_right_shapes():
 
 
 @pytest.mark.slow
-def test_several_images_and_restarts_in_one_call(tmp_path, tmp_path_factory):
+def test_several_images_and_restarts_in_one_call(tmp_path, shared_xla_cache):
     from dip_jax import sample_images
 
     photo = sample_images.sample_image("astronaut")
@@ -351,7 +358,7 @@ def test_several_images_and_restarts_in_one_call(tmp_path, tmp_path_factory):
     out = tmp_path / "runs"
     cmd = [sys.executable, str(EXPERIMENTS / "denoising.py"), "--quick", "--restarts", "2", "--no-progress",
            "--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "b.png"), "--out", str(out)]
-    proc = subprocess.run(cmd, env=subprocess_env(tmp_path_factory), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, env=subprocess_env(shared_xla_cache), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     for name in ("a", "b"):
         run_dir = out / "denoising" / name
