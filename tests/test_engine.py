@@ -93,6 +93,9 @@ def _smooth_image(size=32):
     return img.astype(np.float32)
 
 
+# Slow: the default run already checks this end to end (the quick denoising
+# experiment in test_experiments.py and `dip-jax demo --quick` in test_cli.py).
+@pytest.mark.slow
 def test_denoising_beats_the_noisy_input():
     clean = _smooth_image(32)
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
