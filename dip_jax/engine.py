@@ -511,6 +511,10 @@ def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
     chunk = problem.fit_config.chunk_size
 
     def scan_steps(step, state, data, shared, n_active):
+        # A jitted step is traced once: the idle branch's eval_shape and the
+        # active branch share its cached trace (tracing a net is seconds).
+        step = jax.jit(step)
+
         def body(st, i):
             def active(s):
                 return step(s, data, shared)
