@@ -21,8 +21,9 @@ Contract:
   chunks start and end never changes the numbers.
 - Batch axis: `batch_mode='vmap'` maps it with `jax.vmap` (GPU/TPU: one big
   kernel per layer), `'map'` runs items one after another inside the compiled
-  step (`lax.map`; on CPU a vmapped conv over per-item weights becomes a
-  grouped convolution that XLA's CPU backend runs poorly). `'auto'` picks per
+  chunk, each item all its steps of the chunk in turn (`lax.map` over items
+  outside the step scan; on CPU a vmapped conv over per-item weights becomes
+  a grouped convolution that XLA's CPU backend runs poorly). `'auto'` picks per
   backend. With more than one local device the batch axis is also sharded
   over all of them (`dip_jax.sharding`; padded to a multiple of the device
   count, padding dropped afterwards); every item computes exactly what it
