@@ -112,11 +112,11 @@ def test_inpainting_operator_and_optimising_the_input():
     ys = _images(2)
     mask = operators.bernoulli_mask(jax.random.key(1), (2, 16, 16, 1), 0.5)
     cfg = dataclasses.replace(FAST, opt_over="net,input", tv_weight=1e-3)
-    problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
+    _, start, _ = engine.prepare(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
     r = engine.fit(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
     assert np.all(np.isfinite(r.output))
     # The same key gives the same starting input, which the fit moved.
-    assert not np.array_equal(r.state.z, state.z)
+    assert not np.array_equal(r.state.z, start.z)
 
 
 def test_input_only_optimisation_keeps_net_fixed():

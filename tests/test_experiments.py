@@ -28,8 +28,9 @@ from dip_jax import experiment, io, nets, tasks
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
-# run_all entry -> the task folders it writes, in groups of about equal cost
-# (one subprocess each, so pytest-xdist spreads them over its workers).
+# run_all entry -> the task folders it writes, in groups (one subprocess each,
+# so pytest-xdist spreads them over its workers): a small default group, and
+# slow groups of about equal cost.
 EXPERIMENT_GROUPS = {
     # The default run: identity and mask operators, output averaging,
     # backtracking, the report (CI runs the slow groups too, see .ci/run).
