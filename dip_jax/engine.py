@@ -728,6 +728,7 @@ def prepare(
     )
     z_given = None if net_input is None else rep(zin)[:, None]
     state = _init_states(problem, item_keys, (h, w), z_given, variables)
+    memory.release_freed_host_memory()  # the initialiser's compile scratch
     return problem, state, data
 
 
@@ -905,6 +906,8 @@ def _run_placed(problem, state, data, *, num_steps, shared, callback, progress, 
     state_d = placement.put(state)
     data_d = placement.put(data)
     shared_d = placement.put_replicated(shared)
+    if num_steps > 0:
+        _compile_then_release(chunk, state_d, data_d, shared_d)
     records_so_far: dict[str, list] = {k: [np.asarray(v)] for k, v in (history or {}).items()}
     done = 0
     last_saved = start_step if history is not None else None
@@ -963,6 +966,29 @@ def _run_placed(problem, state, data, *, num_steps, shared, callback, progress, 
         if bar is not None:
             bar.close()
     return _Placed(state_d, data_d, concatenated(), placement)
+
+
+def _compile_then_release(chunk: Callable, state_d, data_d, shared_d) -> None:
+    """Compile `chunk` for these arguments (if not yet), then give the compiler's scratch back.
+
+    The compile happens in a call with no active step (every step of the
+    chunk is skipped, so nothing is computed and the fit's large buffers are
+    never touched); the compiler's freed memory is then returned to the OS
+    before the first real chunk allocates its temporaries. Without this, on
+    glibc the two add up in the process's peak memory.
+    """
+    args = (state_d, data_d, shared_d)
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    signature = (id(chunk), treedef, tuple((a.shape, str(a.dtype), getattr(a, "sharding", None)) for a in leaves))
+    if signature in _COMPILED_SIGNATURES:
+        return
+    jax.block_until_ready(chunk(*args, jnp.int32(0)))
+    memory.release_freed_host_memory()
+    _COMPILED_SIGNATURES.add(signature)
+
+
+# (chunk function, argument structure) pairs already compiled by `_compile_then_release`.
+_COMPILED_SIGNATURES: set = set()
 
 
 def _save_or_warn(save: Callable, step: int, checkpointer) -> None:

@@ -65,3 +65,39 @@ def test_cpu_conv_gradients_under_vmap():
 
     for got, want in zip(grads(layers.conv2d), grads(_reference)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def _bn_act_reference(x, scale, offset, act, eps=1e-5):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    return layers.activation(act, (x - mean) * (lax.rsqrt(var + eps) * scale) + offset)
+
+
+@pytest.mark.parametrize("act", layers.ACTIVATIONS)
+def test_batch_norm_act_gradients_match_autodiff(act):
+    """The hand-written BatchNorm+activation backward (inputs only kept) equals autodiff: eager, jit and vmap."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(1.0, 2.0, size=(3, 1, 6, 5, 4)).astype(np.float32))
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, size=(3, 4)).astype(np.float32))
+    offset = jnp.asarray(rng.normal(size=(3, 4)).astype(np.float32))
+
+    def grads(fn):
+        def loss(x, s, o):
+            y = fn(x, s, o)
+            return jnp.sum(y * jnp.cos(y))
+
+        return jax.grad(loss, (0, 1, 2))
+
+    fused = grads(lambda x, s, o: layers._batch_norm_act(x, s, o, 1e-5, act))
+    want = jax.vmap(grads(lambda x, s, o: _bn_act_reference(x, s, o, act)))(x, scale, offset)
+    eager = [fused(x[i], scale[i], offset[i]) for i in range(3)]
+    jitted = [jax.jit(fused)(x[i], scale[i], offset[i]) for i in range(3)]
+    vmapped = jax.jit(jax.vmap(fused))(x, scale, offset)
+    for k in range(3):
+        for i in range(3):
+            np.testing.assert_allclose(eager[i][k], want[k][i], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(jitted[i][k], want[k][i], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(vmapped[k], want[k], rtol=1e-4, atol=1e-4)
+    y = layers._batch_norm_act(x[0], scale[0], offset[0], 1e-5, act)
+    np.testing.assert_array_equal(y, _bn_act_reference(x[0], scale[0], offset[0], act))

@@ -140,7 +140,7 @@ class Skip(nn.Module):
         conv = lambda f, k, name, stride=1: layers.Conv(  # noqa: E731
             f, k, stride, cfg.need_bias, cfg.pad, name=name
         )
-        bn_act = lambda x, name: layers.activation(cfg.act_fun, layers.BatchNorm(name=name)(x))  # noqa: E731
+        bn_act = lambda x, name: layers.BatchNorm(act=cfg.act_fun, name=name)(x)  # noqa: E731
         k_down, k_up, up_modes, down_modes = (
             cfg.filter_sizes_down, cfg.filter_sizes_up, cfg.upsample_modes, cfg.downsample_modes,
         )
