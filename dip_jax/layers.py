@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -189,22 +189,48 @@ class Conv(nn.Module):
     pad: str = "zero"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: "jax.Array | Normalized") -> jax.Array:
         k = self.kernel_size
         in_ch = x.shape[-1]
         bound = 1.0 / math.sqrt(in_ch * k * k)
         kernel = self.param("kernel", torch_uniform(bound), (k, k, in_ch, self.features))
-        p = (k - 1) // 2
-        if self.pad == "reflection":
-            x = reflect_pad(x, p)
-            padding = [(0, 0), (0, 0)]
+        if isinstance(x, Normalized):
+            y = _normalized_conv(x.x, x.scale, x.offset, kernel, x.eps, x.act, self.stride, self.pad)
         else:
-            padding = [(p, p), (p, p)]
-        y = conv2d(x, kernel, self.stride, padding)
+            y = _padded_conv(x, kernel, self.stride, self.pad)
         if self.use_bias:
             bias = self.param("bias", torch_uniform(bound), (self.features,))
             y = y + bias
         return y
+
+
+def _padded_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: str) -> jax.Array:
+    p = (kernel.shape[0] - 1) // 2
+    if pad == "reflection":
+        return conv2d(reflect_pad(x, p), kernel, stride, ((0, 0), (0, 0)))
+    return conv2d(x, kernel, stride, ((p, p), (p, p)))
+
+
+class Normalized(NamedTuple):
+    """A BatchNorm(+activation) output handed to the next `Conv` uncomputed.
+
+    `BatchNorm(deferred=True)` returns it; `Conv` then runs normalisation,
+    activation and convolution as one function whose backward pass keeps only
+    `x` (see `_normalized_conv`). `materialize()` computes the array.
+    """
+
+    x: jax.Array
+    scale: jax.Array
+    offset: jax.Array
+    eps: float
+    act: str
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def materialize(self) -> jax.Array:
+        return _batch_norm_act(self.x, self.scale, self.offset, self.eps, self.act)
 
 
 class BatchNorm(nn.Module):
@@ -218,6 +244,7 @@ class BatchNorm(nn.Module):
     momentum: float = 0.1
     eps: float = 1e-5
     act: str = "none"
+    deferred: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -234,6 +261,8 @@ class BatchNorm(nn.Module):
             m = self.momentum
             running_mean.value = (1 - m) * running_mean.value + m * mean
             running_var.value = (1 - m) * running_var.value + m * unbiased
+        if self.deferred:
+            return Normalized(x, scale, offset, self.eps, self.act)
         return _batch_norm_act(x, scale, offset, self.eps, self.act)
 
 
@@ -283,6 +312,38 @@ def _batch_norm_act_bwd(eps, act, residuals, g):
 
 
 _batch_norm_act.defvjp(_batch_norm_act_fwd, _batch_norm_act_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _normalized_conv(x, scale, offset, kernel, eps, act, stride, pad):
+    """`Conv` applied to `BatchNorm(act)(x)`, keeping only `x` for the backward pass.
+
+    The conv's input (the normalised, activated `x`) is as large as `x`;
+    recomputing it in the backward pass (one elementwise pass) instead of
+    keeping it saves one image-sized tensor per layer.
+    """
+    return _padded_conv(_batch_norm_act(x, scale, offset, eps, act), kernel, stride, pad)
+
+
+def _normalized_conv_fwd(x, scale, offset, kernel, eps, act, stride, pad):
+    u, (x, scale, offset, mean, inv_std) = _batch_norm_act_fwd(x, scale, offset, eps, act)
+    return _padded_conv(u, kernel, stride, pad), (x, scale, offset, mean, inv_std, kernel)
+
+
+def _normalized_conv_bwd(eps, act, stride, pad, residuals, g):
+    x, scale, offset, mean, inv_std, kernel = residuals
+    # Tied to the cotangent for the reason given in `_batch_norm_act_bwd`; the
+    # same expression as the forward pass, so the recomputed input is exact.
+    tie = lax.stop_gradient(g.reshape(-1)[0] * 0).astype(x.dtype)
+    u = activation(act, (x + tie - mean) * (inv_std * scale) + offset)
+    # The convolution's own forward result is unused here and removed by XLA.
+    _, conv_vjp = jax.vjp(lambda u, k: _padded_conv(u, k, stride, pad), u, kernel)
+    du, d_kernel = conv_vjp(g)
+    dx, d_scale, d_offset = _batch_norm_act_bwd(eps, act, (x, scale, offset, mean, inv_std), du)
+    return dx, d_scale, d_offset, d_kernel
+
+
+_normalized_conv.defvjp(_normalized_conv_fwd, _normalized_conv_bwd)
 
 
 class InstanceNorm(nn.Module):

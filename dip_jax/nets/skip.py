@@ -140,7 +140,11 @@ class Skip(nn.Module):
         conv = lambda f, k, name, stride=1: layers.Conv(  # noqa: E731
             f, k, stride, cfg.need_bias, cfg.pad, name=name
         )
-        bn_act = lambda x, name: layers.BatchNorm(act=cfg.act_fun, name=name)(x)  # noqa: E731
+        # deferred=True where a Conv comes next: it then keeps only the BatchNorm's
+        # input for the backward pass (layers.Normalized), which saves memory.
+        bn_act = lambda x, name, deferred=False: layers.BatchNorm(  # noqa: E731
+            act=cfg.act_fun, deferred=deferred, name=name
+        )(x)
         k_down, k_up, up_modes, down_modes = (
             cfg.filter_sizes_down, cfg.filter_sizes_up, cfg.upsample_modes, cfg.downsample_modes,
         )
@@ -154,17 +158,19 @@ class Skip(nn.Module):
                 cfg.num_channels_down[i], k_down[i], cfg.need_bias, cfg.pad, down_modes[i],
                 cfg.train_lanczos, name=f"s{i}_down",
             )(x)
-            d = bn_act(d, f"s{i}_down_bn")
+            d = bn_act(d, f"s{i}_down_bn", deferred=True)
             d = conv(cfg.num_channels_down[i], k_down[i], f"s{i}_conv2")(d)
             d = bn_act(d, f"s{i}_conv2_bn")
             if i + 1 < cfg.num_scales:
                 d = scale(d, i + 1)
             branches.append(layers.upsample2x(d, up_modes[i]))
             y = jnp.concatenate(layers.center_crop_to(branches), axis=-1) if len(branches) > 1 else branches[0]
-            y = layers.BatchNorm(name=f"s{i}_join_bn")(y)
-            y = bn_act(conv(cfg.num_channels_up[i], k_up[i], f"s{i}_up_conv")(y), f"s{i}_up_conv_bn")
+            y = layers.BatchNorm(deferred=True, name=f"s{i}_join_bn")(y)
+            # Scale 0's output goes straight into out_conv; deeper ones are upsampled first.
+            y = bn_act(conv(cfg.num_channels_up[i], k_up[i], f"s{i}_up_conv")(y), f"s{i}_up_conv_bn",
+                       deferred=cfg.need1x1_up or i == 0)
             if cfg.need1x1_up:
-                y = bn_act(conv(cfg.num_channels_up[i], 1, f"s{i}_up1x1")(y), f"s{i}_up1x1_bn")
+                y = bn_act(conv(cfg.num_channels_up[i], 1, f"s{i}_up1x1")(y), f"s{i}_up1x1_bn", deferred=i == 0)
             return y
 
         y = conv(cfg.num_output_channels, 1, "out_conv")(scale(z, 0))
