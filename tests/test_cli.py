@@ -106,6 +106,8 @@ def test_odd_sized_16_bit_rgba_keeps_size_depth_and_alpha(tmp_path, env, images)
     assert restored > noisy + 1.0, out
 
 
+# Slow (~80 s on 2 cores, two compiles): CI runs it in .ci/run's second step.
+@pytest.mark.slow
 def test_batch_restores_a_folder_of_four_in_two_size_groups(tmp_path, env, images):
     folder = tmp_path / "in"
     folder.mkdir()

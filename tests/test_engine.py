@@ -128,6 +128,8 @@ def test_input_only_optimisation_keeps_net_fixed():
     assert not np.array_equal(state.z, new.z)
 
 
+# Slow (~60 s on 2 cores, two compiles): CI runs it in .ci/run's second step.
+@pytest.mark.slow
 def test_lbfgs_after_adam_warmup_and_custom_optax():
     cfg = dataclasses.replace(FAST, optimizer="lbfgs", lbfgs_warmup_steps=2, learning_rate=0.1)
     r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
