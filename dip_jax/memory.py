@@ -28,7 +28,11 @@ item at 64/128/256/512 px needs 207/395/1146/4145 MiB; temporaries grow by
 15.0x the convolution-output bytes (4.1/16/64/257 MiB) and every further item
 adds 2-3x its state on top of its input and output state. The estimate
 (`STATE_COPIES = 4`, CPU factor 16) is 1.06-1.6x XLA's figure, above it at
-every size (tests/test_hostile_inputs.py checks this, marked slow). The factor
+every size (tests/test_hostile_inputs.py checks this, marked slow). These
+figures predate the layers that keep only BatchNorm inputs for the backward
+pass (2026-11-30), which cut one 512 px gradient's temporaries from 2555 to
+1521 MiB; the factor was left as it was, so the estimate is now more
+conservative (about 1.7x XLA's figure at 512 px) rather than re-calibrated. The factor
 follows the convolution code: plain `lax.conv` measured 7.6x on CPU, so other
 backends (not measured here) use 10. Peak RSS is not a usable yardstick on
 CPU: the allocator keeps freed buffers, so it reflects the largest program run
