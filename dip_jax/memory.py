@@ -32,8 +32,8 @@ every size (tests/test_hostile_inputs.py checks this, marked slow). These
 figures predate the layers that keep only BatchNorm inputs for the backward
 pass (2026-11-30), which cut one 512 px gradient's temporaries from 2555 to
 1521 MiB; the factor was left as it was, so the estimate is now more
-conservative (about 1.7x XLA's figure at 512 px) rather than re-calibrated. The factor
-follows the convolution code: plain `lax.conv` measured 7.6x on CPU, so other
+conservative (about 1.7x XLA's figure at 512 px) rather than re-calibrated.
+The factor follows the convolution code: plain `lax.conv` measured 7.6x on CPU, so other
 backends (not measured here) use 10. Peak RSS is not a usable yardstick on
 CPU: the allocator keeps freed buffers, so it reflects the largest program run
 so far. The estimate's job is to stop a fit that cannot run before it
