@@ -138,6 +138,51 @@ def test_lbfgs_after_adam_warmup_and_custom_optax():
     assert np.all(np.isfinite(r2.output))
 
 
+@pytest.mark.parametrize("make", [lambda: optax.adam(0.01), lambda: optax.lbfgs(0.1, linesearch=None)])
+def test_optimiser_over_flat_vector_matches_it_over_the_pytree(make):
+    rng = np.random.default_rng(0)
+    params = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(3)]
+    tree_tx, flat_tx = make(), engine.over_flat_vector(make())
+
+    def run(tx, jit):
+        update = jax.jit(tx.update) if jit else tx.update
+        p, state, out = params, tx.init(params), []
+        for g in grads:
+            u, state = update(g, state, p)
+            p = optax.apply_updates(p, u)
+            out.append(p)
+        return out, state
+
+    want, _ = run(tree_tx, jit=False)
+    for jit in (False, True):
+        got, state = run(flat_tx, jit)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # One vector of moments (17 numbers), not one per leaf (L-BFGS: a history of 10 of them).
+    assert {x.shape for x in jax.tree_util.tree_leaves(state) if x.ndim} <= {(17,), (10, 17), (10,)}
+    # Under vmap every item gets what it gets alone.
+    item = jax.tree_util.tree_map(lambda a: 2 * a, params)
+    g_item = jax.tree_util.tree_map(lambda a: -a, grads[0])
+    stack = lambda a, b: jnp.stack([a, b])  # noqa: E731
+    batch = jax.tree_util.tree_map(stack, params, item)
+    g_batch = jax.tree_util.tree_map(stack, grads[0], g_item)
+    u_batch, _ = jax.vmap(lambda g, p: flat_tx.update(g, flat_tx.init(p), p))(g_batch, batch)
+    u_alone, _ = flat_tx.update(g_item, flat_tx.init(item), item)
+    for a, b in zip(jax.tree_util.tree_leaves(u_batch), jax.tree_util.tree_leaves(u_alone)):
+        np.testing.assert_allclose(a[1], b, rtol=1e-6, atol=1e-6)
+
+
+def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
+    _, state, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    assert isinstance(state.opt_state, engine.FlatVectorState)
+    assert state.opt_state.inner[0].mu.shape == (1, num_params)
+    _, state, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.adam(0.01))
+    mu = state.opt_state[0].mu["net"]
+    assert jax.tree_util.tree_structure(mu) == jax.tree_util.tree_structure(state.params)
+
+
 def test_backtracking_restores_saved_parameters():
     cfg = dataclasses.replace(FAST, backtrack=True, reg_noise_std=0.0)
     problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))

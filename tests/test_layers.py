@@ -139,3 +139,24 @@ def test_normalized_conv_gradients_match_autodiff(pad, k, stride):
         np.testing.assert_allclose(got_vmap[a], want[a], rtol=1e-4, atol=2e-4)
     n = layers.Normalized(x[0], scale[0], offset[0], 1e-5, "LeakyReLU")
     np.testing.assert_array_equal(n.materialize(), _bn_act_reference(x[0], scale[0], offset[0], "LeakyReLU"))
+
+
+@pytest.mark.parametrize("shape,p", [((1, 8, 8, 3), 1), ((2, 9, 6, 2), 2), ((1, 5, 7, 4), 3)])
+def test_reflect_pad_matches_numpy_and_its_gradient_matches_autodiff(shape, p):
+    rng = np.random.default_rng(p)
+    x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    padded_shape = (shape[0], shape[1] + 2 * p, shape[2] + 2 * p, shape[3])
+    g = jnp.asarray(rng.normal(size=padded_shape).astype(np.float32))
+    np.testing.assert_array_equal(
+        layers.reflect_pad(x, p), np.pad(np.asarray(x), ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    )
+
+    def grad_of(pad_fn):
+        return lambda x, g: jax.vjp(pad_fn, x)[1](g)[0]
+
+    want = grad_of(lambda x: jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect"))(x, g)
+    got = grad_of(lambda x: layers.reflect_pad(x, p))
+    np.testing.assert_allclose(got(x, g), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(got)(x, g), want, rtol=1e-6, atol=1e-6)
+    batched = jax.vmap(got)(jnp.stack([x, 2 * x]), jnp.stack([g, -g]))
+    np.testing.assert_allclose(batched[1], -want, rtol=1e-6, atol=1e-6)
