@@ -183,6 +183,21 @@ def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
     assert jax.tree_util.tree_structure(mu) == jax.tree_util.tree_structure(state.params)
 
 
+def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeypatch):
+    problem, kept, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    init = engine._init_fn(engine._compile_key(problem), (16, 16), False, False)
+    assert init._cache_size() == 1
+    monkeypatch.setattr(engine, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
+    _, released, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    assert init._cache_size() == 0
+
+    def plain(a):
+        return np.asarray(jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+
+    for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(released)):
+        np.testing.assert_array_equal(plain(a), plain(b))
+
+
 def test_backtracking_restores_saved_parameters():
     cfg = dataclasses.replace(FAST, backtrack=True, reg_noise_std=0.0)
     problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))
