@@ -37,6 +37,12 @@ What one step does (the original's `closure()`):
   last saved copy, restore that copy, else save the current parameters;
   optimiser step; out_avg = decay * out_avg + (1 - decay) * out.
 
+Optimiser: Adam (or the original's Adam-then-L-BFGS) from the FitConfig acts on
+  the trainable parameters raveled into one vector (`over_flat_vector`: the
+  same numbers for Adam, far fewer compiled kernels); its state's moments are
+  (num_params,) vectors. An optax transformation passed as `optimizer=` sees
+  the trainable pytree ({'net': params} and/or {'input': z}) unchanged.
+
 Divergence recovery (not in the original; `divergence_check=True`, per item):
   a step is unhealthy when its loss or its output is not finite, or when
   psnr_fit fell more than `divergence_drop_db` below the previous healthy
