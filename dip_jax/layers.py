@@ -160,8 +160,9 @@ def _conv2d_cpu_bwd(stride, padding, residuals, g):
     """Both gradients in fast forms (autodiff's own transposes are not canonical).
 
     d/dx: the cotangent, dilated by the stride, correlated with the flipped
-    kernel with in/out swapped. d/dw: one matrix product per kernel tap between
-    the shifted input and the cotangent, contracting over all pixels (a
+    kernel with in/out swapped. d/dw: one matrix product per kernel tap,
+    contracting over all pixels, between the input and the shifted cotangent
+    (stride 1) or a strided window of the input and the cotangent (a
     convolution with the pixels as its window runs several times slower).
     """
     x, w = residuals
