@@ -788,7 +788,8 @@ RELEASE_INIT_CODE_ABOVE_BYTES = 2 << 30
 
 @functools.lru_cache(maxsize=32)
 def _init_fn(problem: Problem, size: tuple[int, int], with_z: bool, with_variables: bool) -> Callable:
-    """The compiled initialiser, cached per problem (a new fit of the same problem never recompiles)."""
+    """The compiled initialiser, cached per problem (a new fit of the same problem does not
+    recompile, unless a large fit released the code: `RELEASE_INIT_CODE_ABOVE_BYTES`)."""
     cfg = problem.fit_config
     ncfg = problem.net_config
 
