@@ -72,6 +72,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -1037,16 +1038,18 @@ def _compile_then_release(chunk: Callable, state_d, data_d, shared_d) -> None:
     """
     args = (state_d, data_d, shared_d)
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    signature = (id(chunk), treedef, tuple((a.shape, str(a.dtype), getattr(a, "sharding", None)) for a in leaves))
-    if signature in _COMPILED_SIGNATURES:
+    signature = (treedef, tuple((a.shape, str(a.dtype), getattr(a, "sharding", None)) for a in leaves))
+    seen = _COMPILED_SIGNATURES.setdefault(chunk, set())
+    if signature in seen:
         return
     jax.block_until_ready(chunk(*args, jnp.int32(0)))
     memory.release_freed_host_memory()
-    _COMPILED_SIGNATURES.add(signature)
+    seen.add(signature)
 
 
-# (chunk function, argument structure) pairs already compiled by `_compile_then_release`.
-_COMPILED_SIGNATURES: set = set()
+# Per chunk function, the argument structures `_compile_then_release` compiled it
+# for; weak, so a chunk dropped from `_compiled_chunk`'s cache takes its entry along.
+_COMPILED_SIGNATURES: "weakref.WeakKeyDictionary[Callable, set]" = weakref.WeakKeyDictionary()
 
 
 def _save_or_warn(save: Callable, step: int, checkpointer) -> None:
