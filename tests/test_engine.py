@@ -20,18 +20,30 @@ def _images(n, size=16, channels=3, seed=0):
 
 
 def test_batched_fit_equals_separate_fits():
-    # 'map' (the CPU default) runs the very same per-item computation: equal to round-off.
+    # 'map' (the CPU default) runs the same per-item computation, but inside a
+    # loop over items (B > 1) XLA may fuse and round differently than for one
+    # item. Adam's first updates are ~lr * sign(g): they turn round-off in the
+    # mathematically zero gradients of the biases before BatchNorm into +-lr
+    # moves that do not change the output. So every parameter is compared
+    # under SGD, which keeps round-off at round-off, and the built-in Adam's
+    # fits are compared by what they produce. Any BatchNorm statistic shared
+    # across items would show up as a large difference in both.
     cfg = dataclasses.replace(FAST, batch_mode="map", ema_decay=0.9, backtrack=True)
     ys = _images(3)
     keys = jax.random.split(jax.random.key(3), 3)
-    together = engine.fit(keys, TINY, cfg, ys, ground_truth=ys)
+    sgd = optax.sgd(0.05)
+    together = engine.fit(keys, TINY, cfg, ys, ground_truth=ys, optimizer=sgd)
+    together_adam = engine.fit(keys, TINY, cfg, ys, ground_truth=ys)
     for i in range(3):
-        alone = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
+        alone = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1], optimizer=sgd)
         np.testing.assert_allclose(together.output[i], alone.output[0], atol=2e-5)
         np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=2e-5)
         np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(together.state.params), jax.tree_util.tree_leaves(alone.state.params)):
             np.testing.assert_allclose(a[i], b[0], atol=2e-5)
+        alone_adam = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
+        np.testing.assert_allclose(together_adam.output[i], alone_adam.output[0], atol=1e-4)
+        np.testing.assert_allclose(together_adam.history["loss"][:, i], alone_adam.history["loss"][:, 0], rtol=1e-5)
 
 
 def test_vmapped_fit_equals_separate_fits():
@@ -186,7 +198,7 @@ def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
 def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeypatch):
     problem, kept, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
     init = engine._init_fn(engine._compile_key(problem), (16, 16), False, False)
-    assert init._cache_size() == 1
+    assert init._cache_size() >= 1  # other tests may have compiled it for other batch sizes
     monkeypatch.setattr(engine, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
     _, released, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
     assert init._cache_size() == 0
@@ -237,3 +249,9 @@ def test_errors_name_the_problem():
         engine.FitConfig(learning_rate=0)
     with pytest.raises(ValueError, match="opt_over"):
         engine.FitConfig(opt_over="weights")
+
+
+def test_cpu_compile_options_unknown_to_xla_are_dropped_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="no compile option 'xla_cpu_no_such_option'"):
+        options = engine._supported_options((("xla_cpu_no_such_option", True), ("xla_cpu_use_fusion_emitters", False)))
+    assert options == {"xla_cpu_use_fusion_emitters": False}
