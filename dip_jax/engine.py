@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 import threading
 import time
@@ -524,19 +525,29 @@ def _apply_op(op, x, op_args, shared):
 
 
 # XLA:CPU compiles every fused kernel of a program separately (a chunk of the
-# default net is ~900 of them). Its newer MLIR fusion emitters made that ~40%
-# slower: one process compiling the same lowered 256 px chunk both ways took
-# 22.4 s vs 13.3 s (18.8 s vs 11.6 s in another run), with the same step time
-# (medians 1.44 vs 1.42 s) and the same forward output to float32 round-off.
-# Set to {} (before the first fit) to compile with XLA's defaults.
-CPU_COMPILER_OPTIONS: dict = {"xla_cpu_use_fusion_emitters": False}
+# default net is ~850 of them), and compiling is most of a fit's first-chunk
+# wait. Measured on the lowered 256 px chunk, each pair compiled in one process
+# (2 cores): XLA's older fusion emitters 13.3 s vs 22.4 s with the default
+# ones (11.6 vs 18.8 s in another run); then LLVM optimisation level 1 instead
+# of 2: 11.5/9.5/8.2 s vs 12.4/10.6/11.3 s. Step time was the same each time
+# (medians 1.42 vs 1.44 s and 1.48 vs 1.51 s); outputs agree to float32
+# round-off. An option also set in the XLA_FLAGS environment variable is left
+# to it; set this to {} (before the first fit) to compile with XLA's defaults.
+CPU_COMPILER_OPTIONS: dict = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 
 def _jit(fn: Callable, mesh=None) -> Callable:
     """`jax.jit(fn)`, with `CPU_COMPILER_OPTIONS` when it compiles for CPU."""
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    options = _supported_options(tuple(sorted(CPU_COMPILER_OPTIONS.items()))) if platform == "cpu" else None
+    options = _cpu_compiler_options() if platform == "cpu" else {}
     return jax.jit(fn, compiler_options=options or None)
+
+
+def _cpu_compiler_options() -> dict:
+    """`CPU_COMPILER_OPTIONS` less those XLA_FLAGS sets and those this jaxlib lacks."""
+    from_env = os.environ.get("XLA_FLAGS", "")
+    wanted = tuple(sorted((k, v) for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}=" not in from_env))
+    return _supported_options(wanted)
 
 
 @functools.lru_cache(maxsize=None)
@@ -545,7 +556,8 @@ def _supported_options(options: tuple) -> dict:
     supported = {}
     for name, value in options:
         try:
-            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
+            probe = jax.device_put(np.zeros((), np.float32), jax.devices("cpu")[0])
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(probe).compile()
         except Exception:  # noqa: BLE001 - XLA raises its runtime error type, which varies by version
             warnings.warn(f"this jaxlib's XLA has no compile option {name!r}; compiling without it",
                           RuntimeWarning, stacklevel=3)
