@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import signal
 import threading
 import time
@@ -546,7 +547,9 @@ def _jit(fn: Callable, mesh=None) -> Callable:
 def _cpu_compiler_options() -> dict:
     """`CPU_COMPILER_OPTIONS` less those XLA_FLAGS sets and those this jaxlib lacks."""
     from_env = os.environ.get("XLA_FLAGS", "")
-    wanted = tuple(sorted((k, v) for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}=" not in from_env))
+    wanted = tuple(sorted(
+        (k, v) for k, v in CPU_COMPILER_OPTIONS.items() if not re.search(rf"(^|\s)--{k}(=|\s|$)", from_env)
+    ))
     return _supported_options(wanted)
 
 
@@ -558,9 +561,9 @@ def _supported_options(options: tuple) -> dict:
         try:
             probe = jax.device_put(np.zeros((), np.float32), jax.devices("cpu")[0])
             jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(probe).compile()
-        except Exception:  # noqa: BLE001 - XLA raises its runtime error type, which varies by version
-            warnings.warn(f"this jaxlib's XLA has no compile option {name!r}; compiling without it",
-                          RuntimeWarning, stacklevel=3)
+        except Exception as err:  # noqa: BLE001 - XLA's runtime error type varies by version
+            warnings.warn(f"this jaxlib's XLA rejects the compile option {name}={value!r} ({err}); compiling "
+                          "without it", RuntimeWarning, stacklevel=3)
             continue
         supported[name] = value
     return supported
