@@ -548,7 +548,7 @@ def _cpu_compiler_options() -> dict:
     """`CPU_COMPILER_OPTIONS` less those XLA_FLAGS sets and those this jaxlib lacks."""
     from_env = os.environ.get("XLA_FLAGS", "")
     wanted = tuple(sorted(
-        (k, v) for k, v in CPU_COMPILER_OPTIONS.items() if not re.search(rf"(^|\s)--{k}(=|\s|$)", from_env)
+        (k, v) for k, v in CPU_COMPILER_OPTIONS.items() if not re.search(rf"(^|\s)--{re.escape(k)}(=|\s|$)", from_env)
     ))
     return _supported_options(wanted)
 
@@ -557,9 +557,9 @@ def _cpu_compiler_options() -> dict:
 def _supported_options(options: tuple) -> dict:
     """The options this jaxlib's XLA knows (an unknown one fails every compile)."""
     supported = {}
+    probe = jax.device_put(np.zeros((), np.float32), jax.devices("cpu")[0])
     for name, value in options:
         try:
-            probe = jax.device_put(np.zeros((), np.float32), jax.devices("cpu")[0])
             jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(probe).compile()
         except Exception as err:  # noqa: BLE001 - XLA's runtime error type varies by version
             warnings.warn(f"this jaxlib's XLA rejects the compile option {name}={value!r} ({err}); compiling "
