@@ -5,7 +5,10 @@ item into a function of stacked states and data (leading batch axis), with
 `shared` broadcast. Every mode computes each item exactly as if alone (each
 item keeps its own BatchNorm statistics); they differ only in speed and in
 floating-point summation order.
-- 'vmap': `jax.vmap`; on GPU/TPU one batched kernel per layer.
+- 'vmap': `jax.vmap`; on GPU/TPU one batched kernel per layer. With a
+  `group_size` k, items are vmapped k at a time and the groups run one after
+  another (`lax.map(..., batch_size=k)`): activation memory for k items
+  instead of all of them.
 - 'map': `lax.map`, items one after another inside the compiled step. On CPU
   a vmapped conv over per-item weights becomes a grouped convolution, which
   XLA's CPU backend runs poorly.
@@ -29,7 +32,11 @@ def resolve_batch_mode(mode: str) -> str:
     return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
-def batched(mode: str, fn: Callable) -> Callable:
+def batched(mode: str, fn: Callable, group_size: int | None = None) -> Callable:
+    if mode == "vmap" and group_size is not None:
+        return lambda state, data, shared: jax.lax.map(
+            lambda sd: fn(sd[0], sd[1], shared), (state, data), batch_size=group_size
+        )
     if mode == "vmap":
         return jax.vmap(fn, in_axes=(0, 0, None))
     if mode == "map":

@@ -20,7 +20,7 @@ Contract:
   what is wrong and, when `ckpt.prev.npz` is intact, how to fall back to it.
 - `fingerprint(problem, data)` describes what a run computes (net config,
   fit config minus the fields that do not change the numbers: `num_steps`,
-  `chunk_size`, `batch_mode`, `check_memory`; operator, loss, data hashes,
+  `chunk_size`, `batch_mode`, `vmap_group_size`, `check_memory`; operator, loss, data hashes,
   batch size; the engine adds the initial keys). Resuming under a different
   fingerprint raises `CheckpointMismatchError` naming every difference.
 - `prepare_output_dir(path, overwrite=, resume=)` is the output-directory
@@ -56,7 +56,7 @@ FINISHED_MARKER = "metrics.json"
 
 # FitConfig fields that change how a run is executed but not the numbers it
 # computes (chunks are position independent; batch modes agree to round-off).
-RUN_ONLY_FIELDS = ("num_steps", "chunk_size", "batch_mode", "check_memory")
+RUN_ONLY_FIELDS = ("num_steps", "chunk_size", "batch_mode", "vmap_group_size", "check_memory")
 
 
 class CheckpointError(ValueError):

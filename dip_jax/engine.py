@@ -24,7 +24,9 @@ Contract:
   chunk, each item all its steps of the chunk in turn (`lax.map` over items
   outside the step scan; on CPU a vmapped conv over per-item weights becomes
   a grouped convolution that XLA's CPU backend runs poorly). `'auto'` picks per
-  backend. With more than one local device the batch axis is also sharded
+  backend. Under 'vmap', items that do not all fit in memory at once are
+  vmapped in groups that do, run one after another (`vmap_group_size`; chosen
+  from the memory estimate when not set). With more than one local device the batch axis is also sharded
   over all of them (`dip_jax.sharding`; padded to a multiple of the device
   count, padding dropped afterwards); every item computes exactly what it
   computes on one device.
@@ -126,6 +128,11 @@ class FitConfig:
     input_scale: float = 0.1
     chunk_size: int = 100
     batch_mode: str = "auto"
+    # Under 'vmap': how many items are vmapped together (the groups then run
+    # one after another). None: all of a device's items at once, or, when the
+    # memory check finds they do not fit, the largest group that does (with
+    # an even split). Activation memory grows with the group, not the batch.
+    vmap_group_size: int | None = None
     # PRNG behind the weight init. Flax draws every parameter with its own
     # threefry call, which XLA's CPU backend takes ~3x longer to compile than
     # 'rbg' (seconds per distinct net). 'rbg' is deterministic on a given
@@ -158,6 +165,18 @@ class FitConfig:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {self.batch_mode!r}")
+        if self.vmap_group_size is not None and (
+            isinstance(self.vmap_group_size, bool) or not isinstance(self.vmap_group_size, int)
+            or self.vmap_group_size < 1
+        ):
+            raise ValueError(
+                f"vmap_group_size must be None (automatic) or an integer >= 1, got {self.vmap_group_size!r}"
+            )
+        if self.vmap_group_size is not None and self.batch_mode == "map":
+            raise ValueError(
+                "vmap_group_size applies to batch_mode='vmap' (or 'auto' on GPU/TPU); 'map' fits items "
+                "one at a time. Drop vmap_group_size or use batch_mode='vmap'"
+            )
         if self.init_rng not in ("rbg", "threefry2x32"):
             raise ValueError(f"init_rng must be 'rbg' or 'threefry2x32', got {self.init_rng!r}")
         if self.input_type not in inputs_lib.INPUT_TYPES:
@@ -233,6 +252,9 @@ class Problem:
     optimizer: Any
     has_ground_truth: bool
     batch_mode: str
+    # Resolved from FitConfig.vmap_group_size by `prepare`: None means all of
+    # a device's items in one vmap (always None under 'map').
+    vmap_group_size: int | None = None
 
     @functools.cached_property
     def module(self):
@@ -580,7 +602,10 @@ def _compile_key(problem: Problem) -> Problem:
     A fit of 4 steps and one of 3000 (or 'auto' and the 'map' it resolves
     to) share one compiled chunk, init and readout.
     """
-    cfg = dataclasses.replace(problem.fit_config, num_steps=0, batch_mode=problem.batch_mode, check_memory=True)
+    cfg = dataclasses.replace(
+        problem.fit_config, num_steps=0, batch_mode=problem.batch_mode, check_memory=True,
+        vmap_group_size=problem.vmap_group_size,
+    )
     return problem if cfg == problem.fit_config else dataclasses.replace(problem, fit_config=cfg)
 
 
@@ -617,18 +642,19 @@ def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
 
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
-    if problem.batch_mode == "map":
-        # Items outside, steps inside: each item's state is sliced out of the
-        # batch once per chunk and carried through its own scan, instead of
-        # being sliced and written back every step (measured on CPU: that
-        # per-step traffic made 4 restarts ~10% slower per restart than 1).
+    if problem.batch_mode == "map" or problem.vmap_group_size is not None:
+        # Items (or vmapped groups of them) outside, steps inside: each item's
+        # state is sliced out of the batch once per chunk and carried through
+        # its own scan, instead of being sliced and written back every step
+        # (measured on CPU: that per-step traffic made 4 restarts ~10% slower
+        # per restart than 1).
         item_step = functools.partial(_item_step, problem)
 
         def run(state, data, shared, n_active):
             def one(item):
                 return scan_steps(item_step, item[0], item[1], shared, n_active)
 
-            states, records = jax.lax.map(one, (state, data))
+            states, records = jax.lax.map(one, (state, data), batch_size=problem.vmap_group_size)
             return states, jax.tree_util.tree_map(lambda r: jnp.swapaxes(r, 0, 1), records)
     else:
         step = _batched_fn(problem.batch_mode, functools.partial(_item_step, problem))
@@ -667,7 +693,7 @@ def _compiled_readout(problem: Problem, mesh=None) -> Callable:
             avg = jnp.where(_all_finite(avg), avg, g.out_avg)
         return out, avg
 
-    batched = _batched_fn(problem.batch_mode, one)
+    batched = _batched_fn(problem.batch_mode, one, problem.vmap_group_size)
     fn = lambda state, data: batched(state, data, None)  # noqa: E731
     if mesh is not None:
         fn = jax.shard_map(fn, mesh=mesh, in_specs=(_BATCH, _BATCH), out_specs=_BATCH, check_vma=False)
@@ -802,15 +828,26 @@ def prepare(
 
     b = n * restarts
     item_keys = _as_item_keys(key, b)
+    devs = sharding.local_devices(devices)
+    items_per_device = -(-b // len(devs))
+    group = fit_config.vmap_group_size if batch_mode == "vmap" else None
+
+    def estimate(group_size):
+        return memory.estimate_fit(
+            net_config, fit_config, (h, w), b, batch_mode=batch_mode, tx=problem.tx,
+            num_devices=len(devs), images=n, restarts=restarts, group_size=group_size,
+        )
+
     keep_init_code = True
     if fit_config.check_memory:
-        devs = sharding.local_devices(devices)
-        estimate = memory.estimate_fit(
-            net_config, fit_config, (h, w), b, batch_mode=batch_mode, tx=problem.tx,
-            num_devices=len(devs), images=n, restarts=restarts,
-        )
-        memory.check_fits(estimate, devs[0])
-        keep_init_code = estimate.activation_bytes < RELEASE_INIT_CODE_ABOVE_BYTES
+        if batch_mode == "vmap" and group is None:
+            group = _largest_fitting_group(estimate, items_per_device, memory.available_bytes(devs[0]))
+        needed = estimate(group)
+        memory.check_fits(needed, devs[0])
+        keep_init_code = needed.activation_bytes < RELEASE_INIT_CODE_ABOVE_BYTES
+    if group is not None and group >= items_per_device:
+        group = None  # one group holding every item is a plain vmap
+    problem = dataclasses.replace(problem, vmap_group_size=group)
     rep = lambda a: jnp.repeat(jnp.asarray(a), restarts, axis=0)  # noqa: E731
     data = FitData(
         target=rep(y)[:, None],
@@ -821,6 +858,22 @@ def prepare(
     state = _init_states(problem, item_keys, (h, w), z_given, variables, keep_code=keep_init_code)
     memory.release_freed_host_memory()  # the initialiser's compile scratch
     return problem, state, data
+
+
+def _largest_fitting_group(estimate: Callable, items: int, available: int | None) -> int | None:
+    """The vmap group for `items` items per device: None (all at once) when that fits.
+
+    Otherwise the largest divisor of `items` whose estimate fits (groups of
+    equal size compile one vmapped step; a remainder group would compile a
+    second), or 1, whose refusal `check_fits` then explains. Unknown free
+    memory (None) means all at once.
+    """
+    if available is None or memory.fits(estimate(None), available):
+        return None
+    for size in range(items - 1, 0, -1):
+        if items % size == 0 and memory.fits(estimate(size), available):
+            return size
+    return 1
 
 
 # A fit whose activations are estimated above this releases the initialiser's

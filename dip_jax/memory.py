@@ -12,15 +12,17 @@ Contract:
     pass, counted from the forward's jaxpr as the bytes of every convolution
     output, times `ACTIVATION_FACTOR[platform]` (BatchNorm, activation and
     upsampling outputs and the gradients live alongside), for the items that
-    run at the same time: all of a device's items under `batch_mode='vmap'`,
-    one under 'map';
+    run at the same time: all of a device's items under `batch_mode='vmap'`
+    (or `group_size` of them when vmapped in groups), one under 'map';
   * a fixed `OVERHEAD_BYTES` for the runtime and compiled code.
 - `available_bytes(device)`: free memory of a device: `bytes_limit -
   bytes_in_use` from `device.memory_stats()` on GPU/TPU, `MemAvailable`
   from /proc/meminfo (or `os.sysconf` pages) on CPU; None when unknown.
-- `check_fits(estimate, device)` raises ValueError when the estimate exceeds
-  what is available, suggesting a smaller image, tiles, fewer images or
-  restarts at once, or `batch_mode='map'`.
+- `fits(estimate, available)`: whether it fits, keeping `1 - USABLE_FRACTION`
+  spare; `check_fits(estimate, device)` raises ValueError when it does not,
+  suggesting a smaller image, tiles, fewer images or restarts at once,
+  `batch_mode='map'` or a smaller `vmap_group_size`. The engine, under
+  'vmap' with no group size set, picks the largest group that fits.
 
 Calibration (jax 0.10 XLA:CPU, skip 'default' preset, the engine's compiled
 chunk, `compile().memory_analysis()` temp + argument + output bytes): one
@@ -156,10 +158,13 @@ def estimate_fit(
     images: int | None = None,
     restarts: int | None = None,
     platform: str | None = None,
+    group_size: int | None = None,
 ) -> MemoryEstimate:
     """Bytes per device for fitting `num_items` items (images x restarts) of `image_size`.
 
-    `platform` ('cpu', 'gpu', 'tpu'; default: JAX's default backend) picks the activation factor.
+    `platform` ('cpu', 'gpu', 'tpu'; default: JAX's default backend) picks the
+    activation factor. `group_size`: under 'vmap', items vmapped together
+    (None: all of a device's items).
     """
     h, w = (int(s) for s in image_size)
     param_bytes, stats_bytes, conv_bytes = net_footprint(net_config, h, w)
@@ -176,7 +181,9 @@ def estimate_fit(
     per_item_state = (copies * (param_bytes + stats_bytes + opt_bytes + z_bytes + out_bytes + trainable_bytes)
                       + 3 * out_bytes)  # target, best output, op args (about an image each)
     items_per_device = -(-num_items // num_devices)
-    concurrent = items_per_device if batch_mode == "vmap" else 1
+    concurrent = 1
+    if batch_mode == "vmap":
+        concurrent = items_per_device if group_size is None else min(int(group_size), items_per_device)
     state_total = STATE_COPIES * items_per_device * per_item_state
     platform = jax.default_backend() if platform is None else platform
     factor = ACTIVATION_FACTOR.get(platform, DEFAULT_ACTIVATION_FACTOR)
@@ -222,11 +229,16 @@ def available_bytes(device=None) -> int | None:
     return _meminfo_available()
 
 
+def fits(estimate: MemoryEstimate, available: int) -> bool:
+    """Whether `estimate` fits in `available` free bytes (keeping `1 - USABLE_FRACTION` spare)."""
+    return estimate.needed_bytes <= USABLE_FRACTION * available
+
+
 def check_fits(estimate: MemoryEstimate, device=None, *, available: int | None = None) -> None:
     """Raise ValueError when `estimate` does not fit in the device's free memory."""
     if available is None:
         available = available_bytes(device)
-    if available is None or estimate.needed_bytes <= USABLE_FRACTION * available:
+    if available is None or fits(estimate, available):
         return
     platform = "this machine" if device is None or device.platform == "cpu" else f"the {device.platform} device"
     batch = estimate.items_per_device
@@ -237,7 +249,8 @@ def check_fits(estimate: MemoryEstimate, device=None, *, available: int | None =
             "split it into tiles",
             f"fit fewer images or restarts at once (now {what})"]
     if estimate.concurrent_items > 1:
-        tips.append("use batch_mode='map' (items one after another: activations for one item only)")
+        tips.append("use batch_mode='map' (items one after another: activations for one item only) or "
+                    f"a smaller vmap_group_size (now {estimate.concurrent_items} items vmapped together)")
     raise ValueError(
         f"this fit needs {estimate.describe()} but only {_gib(int(available))} is free on {platform}; "
         + "; ".join(tips) + ". Pass check_memory=False in the FitConfig to try anyway"
