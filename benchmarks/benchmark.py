@@ -12,7 +12,14 @@ better), `restart_step_ratio_R4` (seconds per restart-step fitting 4 restarts
 in one call / fitting 1), `compile_s_256` (compiling the first chunk) and
 `peak_rss_ratio_vs_torch_512` (peak resident memory of a process fitting one
 512 px image, dip_jax / torch). With `--gpu` the step ratio is
-`gpu_step_ratio_vs_torch_512` and `images_per_s_ratio_R16` is added. In
+`gpu_step_ratio_vs_torch_512`, and `images_per_s_ratio_R16` (images per
+second fitting 16 restarts in one call / fitting 1) and
+`peak_device_mem_ratio_vs_torch_512` (peak GPU memory) are added; `--gpu`
+stops at once unless JAX runs on a GPU, and runs without torch when torch
+sees no CUDA device. A restart count whose fit cannot be set up (refused by
+the memory check, out of device memory) is reported as `restart_error_R<R>`
+and the others still run; under 'vmap' the engine fits restarts that do not
+all fit in memory in groups that do (`restart_batching_R<R>` says how). In
 `--quick` mode the same keys are measured at the tiny sizes listed under
 `sizes_used` (their numbers say nothing about performance).
 
@@ -27,7 +34,8 @@ run mean anything):
   round, so both see the same background load; a ratio is the median of the
   per-round ratios.
 - Peak memory: a fresh process per framework fits one 512 px image (setup,
-  compile, two steps) and reports its peak RSS (`ru_maxrss`).
+  compile, two steps) and reports its peak RSS (`ru_maxrss`) and, on a GPU,
+  the device's peak allocation.
 - Before timing it proves the reference is the same net: parameter counts
   equal (2,217,831 for the default net), the reference reproduces the golden
   fixture of the original, and with the reference's weights converted by
@@ -104,7 +112,8 @@ class _JaxSide:
         first = time.perf_counter() - t0
         self.fits[name] = [problem, state, data]
         step = self.time(name, steps) / steps
-        return {"compile_s": max(first - step, 0.0), "step_s": step}
+        return {"compile_s": max(first - step, 0.0), "step_s": step, "batch_mode": problem.batch_mode,
+                "vmap_group_size": problem.vmap_group_size}
 
     def time(self, name, steps):
         from dip_jax import engine
@@ -130,6 +139,9 @@ class _TorchSide:
         self.quick = quick
         self.device = device
         self.fits: dict = {}
+        if device.startswith("cuda"):
+            # As the original notebooks set it: cuDNN picks its fastest conv algorithms.
+            torch.backends.cudnn.benchmark = True
 
     def _sync(self):
         if self.device.startswith("cuda"):
@@ -227,19 +239,33 @@ class _Worker:
 
 
 def _peak_main(kind: str, size: int, steps: int, quick: bool, device: str) -> None:
-    """A fresh process: fit one image for `steps` steps, print the peak RSS (MiB)."""
+    """A fresh process: fit one image for `steps` steps, print its peak memory (MiB).
+
+    Host: peak RSS. On a GPU also the device's peak (JAX: the allocator's
+    `peak_bytes_in_use`; torch: `max_memory_allocated`), which is what a GPU
+    fit is limited by.
+    """
     side = _JaxSide(quick) if kind == "jax" else _TorchSide(quick, device)
     side.setup("peak", size, 1, steps)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": peak_kib / 1024.0}))
+    result = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.startswith("cuda"):
+        if kind == "jax":
+            import jax
+
+            stats = jax.local_devices()[0].memory_stats() or {}
+            peak = stats.get("peak_bytes_in_use")
+        else:
+            peak = side.torch.cuda.max_memory_allocated()
+        result["peak_device_mb"] = None if peak is None else peak / 2**20
+    print(json.dumps(result))
 
 
-def _peak_rss_mb(kind: str, size: int, steps: int, quick: bool, device: str) -> float:
+def _peak_mb(kind: str, size: int, steps: int, quick: bool, device: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peak", kind, str(size), str(steps), "--device", device]
     if quick:
         cmd.append("--quick")
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=str(ROOT), check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------
@@ -340,34 +366,66 @@ def _run_steps(workers, sizes, steps, rounds, has_torch, result) -> dict:
 
 
 def _run_restarts(workers, restarts, size, steps, rounds, result) -> None:
-    """R restarts fitted in one call: seconds per restart-step, relative to the first R."""
-    print(f"\n| restarts R ({size} px) | s per restart-step | vs R={restarts[0]} | images/s |", flush=True)
-    print("| --- | --- | --- | --- |", flush=True)
-    labels = {}
+    """R restarts fitted in one call: seconds per restart-step, relative to the first R.
+
+    An R that cannot be set up (refused by the memory check, or out of device
+    memory) is reported with its error and left out; the others still run.
+    """
+    print(f"\n| restarts R ({size} px) | s per restart-step | vs R={restarts[0]} | images/s | batching |",
+          flush=True)
+    print("| --- | --- | --- | --- | --- |", flush=True)
+    labels, how = {}, {}
     for r in restarts:
-        workers["jax"].call("setup", name=f"r{r}", size=size, restarts=r, steps=steps)
+        try:
+            setup = workers["jax"].call("setup", name=f"r{r}", size=size, restarts=r, steps=steps)
+        except RuntimeError as err:
+            result[f"restart_error_R{r}"] = str(err)
+            print(f"| {r} | - | - | - | not run: {err} |", flush=True)
+            workers["jax"].call("drop", name=f"r{r}")
+            continue
         labels[r] = ("jax", f"r{r}", r)
+        group = setup.get("vmap_group_size")
+        how[r] = setup.get("batch_mode", "?") + (f", groups of {group}" if group else "")
+        result[f"restart_batching_R{r}"] = how[r]
     times = _interleaved(workers, labels, steps, rounds)
-    for r in restarts:
+    base = next(iter(labels), None)
+    for r in labels:
         per = statistics.median(times[r])
-        rel = _median_ratio(times[r], times[restarts[0]])
+        rel = _median_ratio(times[r], times[base])
         result[f"restart_step_s_R{r}"] = per
-        result[f"restart_step_ratio_R{r}"] = rel
+        result[f"restart_step_ratio_R{r}"] = rel if base == restarts[0] else None
         result[f"images_per_s_R{r}"] = 1.0 / per
-        print(f"| {r} | {per:.3f} | {rel:.2f} | {1.0 / per:.2f} |", flush=True)
+        print(f"| {r} | {per:.3f} | {rel:.2f} | {1.0 / per:.2f} | {how[r]} |", flush=True)
         workers["jax"].call("drop", name=f"r{r}")
 
 
 def _run_memory(size, quick, device, has_torch, result) -> None:
-    print(f"\n| peak RSS, one {size} px fit | MiB |", flush=True)
-    print("| --- | --- |", flush=True)
-    peak = _peak_rss_mb("jax", size, 2, quick, device)
-    result[f"peak_rss_mb_{size}_dip_jax"] = peak
-    print(f"| dip_jax | {peak:.0f} |", flush=True)
-    if has_torch:
-        peak = _peak_rss_mb("torch", size, 2, quick, device)
-        result[f"peak_rss_mb_{size}_torch"] = peak
-        print(f"| torch | {peak:.0f} |", flush=True)
+    gpu = device.startswith("cuda")
+    print(f"\n| peak memory, one {size} px fit | RSS MiB |{' device MiB |' if gpu else ''}", flush=True)
+    print(f"| --- | --- |{' --- |' if gpu else ''}", flush=True)
+    for kind, label in [("jax", "dip_jax"), ("torch", "torch")][: 2 if has_torch else 1]:
+        peak = _peak_mb(kind, size, 2, quick, device)
+        result[f"peak_rss_mb_{size}_{label}"] = peak["peak_rss_mb"]
+        line = f"| {label} | {peak['peak_rss_mb']:.0f} |"
+        if gpu:
+            result[f"peak_device_mb_{size}_{label}"] = peak.get("peak_device_mb")
+            line += f" {_fmt(peak.get('peak_device_mb'), 0)} |"
+        print(line, flush=True)
+
+
+def gpu_preflight(jax_backend: str, torch_cuda: bool | None) -> bool:
+    """For `--gpu`: stop unless JAX runs on a GPU; whether torch can join (None: not installed).
+
+    Without this a CPU-only JAX would time itself on the CPU under GPU labels.
+    """
+    if jax_backend not in ("gpu", "cuda", "rocm"):
+        raise SystemExit(
+            f"--gpu needs JAX with a GPU backend, but this JAX runs on {jax_backend!r}: install the CUDA "
+            "build (pip install -U 'jax[cuda12]') or drop --gpu for the CPU benchmark"
+        )
+    if torch_cuda is False:
+        print("torch sees no CUDA device (a CPU-only torch wheel?): dip_jax timings only", flush=True)
+    return bool(torch_cuda)
 
 
 def run(args) -> dict:
@@ -376,6 +434,13 @@ def run(args) -> dict:
     quick, gpu = args.quick, args.gpu
     has_torch = _torch_available() and not args.no_torch
     device = "cuda" if gpu else "cpu"
+    if gpu:
+        torch_cuda = None
+        if has_torch:
+            import torch
+
+            torch_cuda = torch.cuda.is_available()
+        has_torch = gpu_preflight(jax.default_backend(), torch_cuda)
     if quick:
         sizes, restarts, restart_size, peak_size, steps, rounds = [32], [1, 2, 4], 32, 32, 2, 2
     elif gpu:
@@ -411,7 +476,7 @@ def run(args) -> dict:
         print(f"same net: {result['param_count_torch']:,} parameters both; golden fixture max diff "
               f"{result['golden_max_abs_diff']:.1e}; same weights max diff {result['same_weights_max_abs_diff']:.1e}",
               flush=True)
-    else:
+    elif not _torch_available():
         print("torch is not installed (pip install -e .[torch]): dip_jax timings only", flush=True)
 
     parts = set(args.parts)
@@ -441,6 +506,10 @@ def run(args) -> dict:
     peak_j = result.get(f"peak_rss_mb_{peak_size}_dip_jax")
     peak_t = result.get(f"peak_rss_mb_{peak_size}_torch")
     result["peak_rss_ratio_vs_torch_512"] = peak_j / peak_t if peak_j and peak_t else None
+    if gpu:
+        dev_j = result.get(f"peak_device_mb_{peak_size}_dip_jax")
+        dev_t = result.get(f"peak_device_mb_{peak_size}_torch")
+        result["peak_device_mem_ratio_vs_torch_512"] = dev_j / dev_t if dev_j and dev_t else None
     if "images_per_s_R16" in result and "images_per_s_R1" in result:
         result["images_per_s_ratio_R16"] = result["images_per_s_R16"] / result["images_per_s_R1"]
     result["sizes_used"] = {
