@@ -943,8 +943,17 @@ def _init_fn(problem: Problem, size: tuple[int, int], with_z: bool, with_variabl
     return _jit(lambda ks, zs, v: jax.lax.map(lambda k: one(k, None, v), ks))
 
 
+def _init_key(problem: Problem) -> Problem:
+    """The compile key of the initialiser, which does not depend on how items are batched."""
+    key = _compile_key(problem)
+    if key.batch_mode == "map" and key.vmap_group_size is None:
+        return key
+    cfg = dataclasses.replace(key.fit_config, batch_mode="map", vmap_group_size=None)
+    return dataclasses.replace(key, fit_config=cfg, batch_mode="map", vmap_group_size=None)
+
+
 def _init_states(problem: Problem, item_keys, size, z_given, variables, *, keep_code: bool = True) -> FitState:
-    fn = _init_fn(_compile_key(problem), tuple(int(s) for s in size), z_given is not None, variables is not None)
+    fn = _init_fn(_init_key(problem), tuple(int(s) for s in size), z_given is not None, variables is not None)
     states = jax.block_until_ready(fn(item_keys, z_given, variables))
     if not keep_code:
         fn.clear_cache()

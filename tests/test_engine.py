@@ -198,7 +198,7 @@ def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
 
 def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeypatch):
     problem, kept, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
-    init = engine._init_fn(engine._compile_key(problem), (16, 16), False, False)
+    init = engine._init_fn(engine._init_key(problem), (16, 16), False, False)
     assert init._cache_size() >= 1  # other tests may have compiled it for other batch sizes
     monkeypatch.setattr(engine, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
     _, released, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
