@@ -9,8 +9,9 @@ Run from the repository root:
 It prints a table and, as its last line, one JSON object with (at least)
 `cpu_step_ratio_vs_torch_256` (dip_jax seconds per step / torch's; lower is
 better), `restart_step_ratio_R4` (seconds per restart-step fitting 4 restarts
-in one call / fitting 1), `compile_s_256` (compiling the first chunk) and
-`peak_rss_ratio_vs_torch_512` (peak resident memory of a process fitting one
+in one call / fitting 1), `compile_s_256` (compiling the first chunk; the
+`engine.prepare` before it, which compiles the initialiser, is
+`prepare_s_256`) and `peak_rss_ratio_vs_torch_512` (peak resident memory of a process fitting one
 512 px image, dip_jax / torch). With `--gpu` the step ratio is
 `gpu_step_ratio_vs_torch_512`, and `images_per_s_ratio_R16` (images per
 second fitting 16 restarts in one call / fitting 1) and
@@ -103,8 +104,10 @@ class _JaxSide:
         cfg = _net_config(self.quick)
         fit_config = engine.FitConfig(num_steps=steps, chunk_size=steps, **DENOISING)
         y = np.random.default_rng(seed).uniform(0, 1, (1, size, size, 3)).astype(np.float32)
+        t0 = time.perf_counter()
         problem, state, data = engine.prepare(self.jax.random.key(seed), cfg, fit_config, y, restarts=restarts)
         self.jax.block_until_ready(state)
+        prepare = time.perf_counter() - t0
         # The first call compiles the chunk; one active step of it is subtracted below.
         t0 = time.perf_counter()
         state, _ = engine.run(problem, state, data, num_steps=1)
@@ -112,8 +115,8 @@ class _JaxSide:
         first = time.perf_counter() - t0
         self.fits[name] = [problem, state, data]
         step = self.time(name, steps) / steps
-        return {"compile_s": max(first - step, 0.0), "step_s": step, "batch_mode": problem.batch_mode,
-                "vmap_group_size": problem.vmap_group_size}
+        return {"compile_s": max(first - step, 0.0), "step_s": step, "prepare_s": prepare,
+                "batch_mode": problem.batch_mode, "vmap_group_size": problem.vmap_group_size}
 
     def time(self, name, steps):
         from dip_jax import engine
@@ -338,8 +341,9 @@ def _fmt(x, digits=3):
 
 def _run_steps(workers, sizes, steps, rounds, has_torch, result) -> dict:
     """Seconds per step per image size, dip_jax and torch taking turns."""
-    print("\n| size | dip_jax s/step | torch s/step | dip_jax / torch | dip_jax compile s |", flush=True)
-    print("| --- | --- | --- | --- | --- |", flush=True)
+    print("\n| size | dip_jax s/step | torch s/step | dip_jax / torch | dip_jax compile s | dip_jax prepare s |",
+          flush=True)
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
     rows = {}
     for size in sizes:
         name = f"s{size}"
@@ -352,6 +356,7 @@ def _run_steps(workers, sizes, steps, rounds, has_torch, result) -> dict:
         row = {"jax": statistics.median(times["jax"]), "compile_s": setup["compile_s"]}
         result[f"step_s_{size}_dip_jax"] = row["jax"]
         result[f"compile_s_{size}"] = row["compile_s"]
+        result[f"prepare_s_{size}"] = setup["prepare_s"]
         if has_torch:
             row["torch"] = statistics.median(times["torch"])
             row["ratio"] = _median_ratio(times["jax"], times["torch"])
@@ -359,7 +364,7 @@ def _run_steps(workers, sizes, steps, rounds, has_torch, result) -> dict:
             result[f"step_ratio_vs_torch_{size}"] = row["ratio"]
         rows[size] = row
         print(f"| {size} | {_fmt(row['jax'])} | {_fmt(row.get('torch'))} | {_fmt(row.get('ratio'), 2)} "
-              f"| {row['compile_s']:.1f} |", flush=True)
+              f"| {row['compile_s']:.1f} | {setup['prepare_s']:.1f} |", flush=True)
         for w in workers.values():
             w.call("drop", name=name)
     return rows

@@ -269,3 +269,15 @@ def test_cpu_compile_options_leave_what_xla_flags_sets_to_it(monkeypatch):
     assert engine._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
     monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS", {})
     assert engine._cpu_compiler_options() == {}
+
+
+def test_code_run_once_compiles_without_llvm_optimisation_unless_xla_flags_says_otherwise(monkeypatch):
+    monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS",
+                        {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1})
+    monkeypatch.setattr(engine, "CPU_RUN_ONCE_OPTIONS", {"xla_backend_optimization_level": 0})
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert engine._cpu_compiler_options(run_once=True) == {
+        "xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+    assert engine._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert engine._cpu_compiler_options(run_once=True) == {"xla_cpu_use_fusion_emitters": False}
