@@ -386,7 +386,6 @@ def _run_restarts(workers, restarts, size, steps, rounds, result) -> None:
         except RuntimeError as err:
             result[f"restart_error_R{r}"] = str(err)
             print(f"| {r} | - | - | - | not run: {err} |", flush=True)
-            workers["jax"].call("drop", name=f"r{r}")
             continue
         labels[r] = ("jax", f"r{r}", r)
         group = setup.get("vmap_group_size")
@@ -396,11 +395,12 @@ def _run_restarts(workers, restarts, size, steps, rounds, result) -> None:
     base = next(iter(labels), None)
     for r in labels:
         per = statistics.median(times[r])
-        rel = _median_ratio(times[r], times[base])
+        # Relative to the first R asked for; none when that one could not run.
+        rel = _median_ratio(times[r], times[base]) if base == restarts[0] else None
         result[f"restart_step_s_R{r}"] = per
-        result[f"restart_step_ratio_R{r}"] = rel if base == restarts[0] else None
+        result[f"restart_step_ratio_R{r}"] = rel
         result[f"images_per_s_R{r}"] = 1.0 / per
-        print(f"| {r} | {per:.3f} | {rel:.2f} | {1.0 / per:.2f} | {how[r]} |", flush=True)
+        print(f"| {r} | {per:.3f} | {_fmt(rel, 2)} | {1.0 / per:.2f} | {how[r]} |", flush=True)
         workers["jax"].call("drop", name=f"r{r}")
 
 

@@ -33,12 +33,12 @@ def resolve_batch_mode(mode: str) -> str:
 
 
 def batched(mode: str, fn: Callable, group_size: int | None = None) -> Callable:
-    if mode == "vmap" and group_size is not None:
-        return lambda state, data, shared: jax.lax.map(
-            lambda sd: fn(sd[0], sd[1], shared), (state, data), batch_size=group_size
-        )
-    if mode == "vmap":
+    if mode == "vmap" and group_size is None:
         return jax.vmap(fn, in_axes=(0, 0, None))
-    if mode == "map":
-        return lambda state, data, shared: jax.lax.map(lambda sd: fn(sd[0], sd[1], shared), (state, data))
+    if mode in ("vmap", "map"):
+        # 'map': one item at a time; vmap groups: `group_size` items at a time.
+        size = group_size if mode == "vmap" else None
+        return lambda state, data, shared: jax.lax.map(
+            lambda sd: fn(sd[0], sd[1], shared), (state, data), batch_size=size
+        )
     raise ValueError(f"batch mode must be 'vmap' or 'map' here, got {mode!r}; resolve 'auto' first")
