@@ -23,6 +23,13 @@ Contract:
   `chunk_size`, `batch_mode`, `vmap_group_size`, `check_memory`; operator, loss, data hashes,
   batch size; the engine adds the initial keys). Resuming under a different
   fingerprint raises `CheckpointMismatchError` naming every difference.
+- Resuming may extend a run: `num_steps` is outside the fingerprint and no
+  setting depends on the total (the L-BFGS switch counts steps from 0, the
+  averaging is per step, histories grow by chunk), so a resume to more steps
+  equals an uninterrupted run of the new total. A checkpoint past the run's
+  `num_steps` cannot be undone: `resume_step` raises `CheckpointAheadError`
+  (from the metadata alone, before anything is compiled). Resuming with no
+  checkpoint starts at step 0 and warns `StartingFreshWarning`.
 - `prepare_output_dir(path, overwrite=, resume=)` is the output-directory
   policy: a finished run (its `metrics.json` exists) is never silently
   overwritten, an unfinished one is only continued with `resume=True`.
@@ -39,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -65,6 +73,22 @@ class CheckpointError(ValueError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint belongs to a run with other settings or inputs."""
+
+
+class CheckpointAheadError(CheckpointError):
+    """A checkpoint has done more steps than the run resuming it asks for (`step` > `num_steps`)."""
+
+    def __init__(self, path, step: int, num_steps: int):
+        super().__init__(
+            f"checkpoint {str(path)!r} is at step {step}, past this run's {num_steps} steps, and a fit cannot "
+            f"go back; resume with at least {step} steps (num_steps; CLI: --steps {step} or more), or start "
+            "over (delete the checkpoint; CLI: --overwrite)"
+        )
+        self.path, self.step, self.num_steps = Path(path), step, num_steps
+
+
+class StartingFreshWarning(UserWarning):
+    """`resume` was asked for but there is no checkpoint to resume from: the fit starts at step 0."""
 
 
 class OutputExistsError(ValueError):
@@ -306,6 +330,27 @@ def read_meta(path) -> dict:
         raise _damaged(path, f"unreadable metadata: {type(err).__name__}: {err}") from None
 
 
+def resume_step(path, num_steps: int) -> int | None:
+    """The step a run of `num_steps` steps resumes `path` at; None when there is no checkpoint there.
+
+    Reads only the metadata (cheap, before anything is compiled). A damaged
+    file raises CheckpointError; a checkpoint past `num_steps` raises
+    CheckpointAheadError. Extending a run (more steps than the checkpoint's)
+    is allowed: no setting of the engine depends on the total step count.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    meta = read_meta(path)
+    try:
+        step = int(meta["step"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _damaged(path, f"metadata without a step: {err!r}") from None
+    if step > num_steps:
+        raise CheckpointAheadError(path, step, num_steps)
+    return step
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read and verify a checkpoint; raises CheckpointError when it is missing or damaged."""
     path = Path(path)
@@ -424,30 +469,64 @@ class Checkpointer:
                                fingerprint=fingerprint, keep_previous=self.keep_previous)
 
 
+_OWN_CHECKPOINT = re.compile(r"ckpt(-\d+)?(\.prev)?\.npz(\.tmp)?")
+
+
+def _is_own_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoint file dip_jax writes (by name, and by content when it reads as one).
+
+    A damaged file with a checkpoint's name counts as one (`--overwrite` is
+    how a damaged run is started over); a readable `.npz` that is not a
+    dip_jax checkpoint does not.
+    """
+    if not path.is_file() or not _OWN_CHECKPOINT.fullmatch(path.name):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                return False
+            meta = json.loads(z["meta"].tobytes().decode())
+    except Exception:  # noqa: BLE001 - unreadable under our name: a damaged checkpoint of ours
+        return True
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def prepare_output_dir(path, *, overwrite: bool = False, resume: bool = False,
-                       marker: str = FINISHED_MARKER, checkpoint_glob: str = "ckpt*.npz") -> Path:
+                       marker: str | None = FINISHED_MARKER, checkpoint_glob: str = "ckpt*.npz") -> Path:
     """Create/check a run's output directory; never lets a finished run be silently replaced.
 
-    - `marker` (default `metrics.json`, written last by a finished run) exists:
-      OutputExistsError unless `overwrite`.
-    - checkpoints (`checkpoint_glob`, default `ckpt*.npz`: `ckpt.npz`, or one
-      per group such as `ckpt-0.npz`) exist but no marker (an unfinished run):
-      OutputExistsError unless `resume` (continue it) or `overwrite`.
-    - `overwrite`: the marker and the checkpoints (with their `.prev`/`.tmp`
-      files) are deleted, nothing else, so the new run starts from scratch and
-      its files replace the old ones.
+    - `marker` (default `metrics.json`, written last by a finished run; None:
+      the folder has none, e.g. a checkpoint folder) exists: OutputExistsError
+      unless `overwrite`.
+    - dip_jax checkpoints (`checkpoint_glob`, default `ckpt*.npz`: `ckpt.npz`,
+      or one per group such as `ckpt-0.npz`) exist but no marker (an
+      unfinished run): OutputExistsError unless `resume` (continue it) or
+      `overwrite`.
+    - `overwrite`: the marker and the dip_jax checkpoints (with their
+      `.prev`/`.tmp` files) are deleted, nothing else, so the new run starts
+      from scratch and its files replace the old ones. A file under a
+      checkpoint's name that dip_jax did not write is never deleted: it is
+      refused (the run would replace it).
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {str(out)!r} is a file; give a directory")
-    finished = out / marker
-    checkpoints = sorted(out.glob(checkpoint_glob)) if out.is_dir() else []
+    finished = None if marker is None else out / marker
+    candidates = sorted(p for p in out.glob(checkpoint_glob + "*") if p.is_file()) if out.is_dir() else []
+    foreign = [p for p in candidates if _OWN_CHECKPOINT.fullmatch(p.name) and not _is_own_checkpoint(p)]
+    if foreign:
+        raise OutputExistsError(
+            f"{str(foreign[0])!r} is not a dip_jax checkpoint, but a run here would write its checkpoint under "
+            "that name; move that file or choose another folder"
+        )
+    own = [p for p in candidates if _is_own_checkpoint(p)]
+    checkpoints = [p for p in own if not p.name.endswith((".tmp", ".prev.npz"))]
     if overwrite:
-        finished.unlink(missing_ok=True)
-        for stale in sorted(out.glob(checkpoint_glob + "*")) if out.is_dir() else []:
-            if stale.is_file():
-                stale.unlink()
-    elif finished.exists():
+        if finished is not None:
+            finished.unlink(missing_ok=True)
+        for stale in own:
+            stale.unlink()
+    elif finished is not None and finished.exists():
         raise OutputExistsError(
             f"{str(out)!r} holds a finished run ({marker} exists); choose another output directory or pass "
             "--overwrite (overwrite=True) to replace it"

@@ -278,7 +278,9 @@ class FitResult(NamedTuple):
     `ema_decay` is set); `best_output`/`best_psnr`: the output with the best
     ground-truth PSNR seen (when a ground truth was given); `num_rollbacks`:
     divergence rollbacks per item; `num_backtracks`: backtracking restores per
-    item; `steps`: steps done in total (resumed runs included).
+    item; `steps`: steps done in total (resumed runs included);
+    `resumed_from`: the checkpoint's step this call continued from (None: it
+    started at step 0), so `steps - (resumed_from or 0)` were run by this call.
     """
 
     output: np.ndarray
@@ -292,6 +294,7 @@ class FitResult(NamedTuple):
     best_output: np.ndarray | None = None
     best_psnr: np.ndarray | None = None
     steps: int = 0
+    resumed_from: int | None = None
 
     @property
     def restored(self) -> np.ndarray:
@@ -1235,8 +1238,11 @@ def fit(
     Checkpointing: `checkpoint_dir` (and `checkpoint_every` steps) or a
     `checkpoint.Checkpointer`. With `resume=True` an existing checkpoint there
     is verified (checksum, and a fingerprint of the settings, inputs and keys)
-    and the fit continues from it to `fit_config.num_steps` steps in total;
-    without one the fit starts fresh. A checkpoint present with
+    and the fit continues from it to `fit_config.num_steps` steps in total
+    (more steps than the checkpoint's run had is fine and equals one run of
+    the new total; fewer than the checkpoint's step raises
+    `checkpoint.CheckpointAheadError`); without one the fit starts fresh and
+    warns `checkpoint.StartingFreshWarning`. A checkpoint present with
     `resume=False` is an error (it would be overwritten). On SIGINT/SIGTERM
     `Interrupted` is raised after checkpointing, with `.result` set.
     """
@@ -1249,6 +1255,18 @@ def fit(
         raise ValueError("checkpoint_every needs checkpoint_dir (where to write the checkpoints)")
     if resume and checkpointer is None:
         raise ValueError("resume=True needs checkpoint_dir (or a checkpointer) to resume from")
+    if checkpointer is not None and checkpointer.exists() and not resume:
+        raise checkpoint_lib.OutputExistsError(
+            f"{str(checkpointer.path)!r} holds a checkpoint of an earlier run; pass resume=True "
+            "(CLI: --resume) to continue it, or delete it (CLI: --overwrite) to start over"
+        )
+    resumed_from = None
+    if resume:
+        # Before anything is compiled: a checkpoint past num_steps is refused, a missing one announced.
+        resumed_from = checkpoint_lib.resume_step(checkpointer.path, fit_config.num_steps)
+        if resumed_from is None:
+            warnings.warn(f"no checkpoint {checkpointer.filename} in {str(checkpointer.directory)!r}; starting "
+                          "fresh", checkpoint_lib.StartingFreshWarning, stacklevel=2)
     problem, state, data = prepare(key, net_config, fit_config, observation, restarts=restarts,
                                    devices=devices, **kwargs)
     shared = kwargs.get("shared")
@@ -1257,31 +1275,30 @@ def fit(
         fingerprint = checkpoint_lib.fingerprint(
             problem, data, shared=shared, restarts=restarts, initial_keys=checkpoint_lib.hash_arrays(state.key)
         )
-        if checkpointer.exists():
-            if not resume:
-                raise checkpoint_lib.OutputExistsError(
-                    f"{str(checkpointer.path)!r} holds a checkpoint of an earlier run; pass resume=True "
-                    "(CLI: --resume) to continue it, or delete it (CLI: --overwrite) to start over"
-                )
+        if resumed_from is not None:
             loaded = checkpointer.load()
             checkpoint_lib.check_fingerprint(loaded.fingerprint, fingerprint, path=checkpointer.path)
+            if loaded.step > fit_config.num_steps:  # replaced since resume_step looked
+                raise checkpoint_lib.CheckpointAheadError(checkpointer.path, loaded.step, fit_config.num_steps)
             state = checkpoint_lib.restore_state(loaded, state)
             history, done = loaded.history, loaded.step
+            resumed_from = done
     try:
         placed = _run_placed(
-            problem, state, data, num_steps=max(0, fit_config.num_steps - done), shared=shared,
+            problem, state, data, num_steps=fit_config.num_steps - done, shared=shared,
             callback=callback, progress=progress, checkpointer=checkpointer, fingerprint=fingerprint,
             start_step=done, history=history, handle_signals=handle_signals, devices=devices,
         )
     except Interrupted as stop:
         placement = sharding.BatchPlacement(int(stop.state.step.shape[0]), devices)
         stop.result = _result(problem, _Placed(placement.put(stop.state), placement.put(data), stop.history,
-                                               placement), restarts, t0)
+                                               placement), restarts, t0, resumed_from)
         raise
-    return _result(problem, placed, restarts, t0)
+    return _result(problem, placed, restarts, t0, resumed_from)
 
 
-def _result(problem: Problem, placed: _Placed, restarts: int, t0: float) -> FitResult:
+def _result(problem: Problem, placed: _Placed, restarts: int, t0: float,
+            resumed_from: int | None = None) -> FitResult:
     placement, state_d = placed.placement, placed.state
     b = placement.batch_size
     n = b // restarts
@@ -1306,4 +1323,5 @@ def _result(problem: Problem, placed: _Placed, restarts: int, t0: float) -> FitR
         best_output=best_output,
         best_psnr=best_psnr,
         steps=int(np.asarray(state_d.step)[0]),
+        resumed_from=resumed_from,
     )

@@ -511,6 +511,8 @@ class SampleResult:
     num_backtracks: np.ndarray  # (R,)
     # Divergence rollbacks per restart (engines that recover from divergence), else None.
     num_rollbacks: np.ndarray | None = None
+    # The checkpoint step this call resumed at (None: started at step 0); the call ran steps - resumed_from.
+    resumed_from: int | None = None
 
 
 def _lcm(a: int, b: int) -> int:
@@ -541,7 +543,10 @@ class CheckpointOptions:
 
     `every`: steps between checkpoints (None: only at the end and when a
     signal stops the fit); `resume`: continue from the checkpoints found
-    (a group without one starts fresh); `name`: the file name's stem, so
+    (a group without one starts fresh, with a `checkpoint.StartingFreshWarning`;
+    the task's `num_steps` may exceed the checkpoints' runs, but not fall
+    below a checkpoint's step: `checkpoint.CheckpointAheadError`, raised
+    before any group is fitted); `name`: the file name's stem, so
     several calls (a batch's chunks, an experiment's tasks) can share a
     directory without resuming each other's checkpoints.
     """
@@ -605,6 +610,13 @@ def fit_samples(
     results: list[SampleResult | None] = [None] * len(samples)
     partial = [False] * len(samples)
     groups = _group(samples)
+    if checkpoint is not None and checkpoint.resume:
+        from dip_jax import checkpoint as checkpoint_lib
+
+        # Every group's checkpoint is checked before the first fit: a damaged one, or one past num_steps,
+        # must not end the run after the earlier groups were fitted.
+        for g in range(len(groups)):
+            checkpoint_lib.resume_step(checkpoint.checkpointer(g, len(groups)).path, task.fit.num_steps)
     for g, (_, indices) in enumerate(groups.items()):
         group = [samples[i] for i in indices]
         run_options = {"callback": callback, "handle_signals": handle_signals}
@@ -729,6 +741,7 @@ def _sample_results(result: engine.FitResult, n: int, restarts: int, window) -> 
             images_in_call=n,
             num_backtracks=backtracks[i],
             num_rollbacks=None if rollbacks is None else rollbacks[i],
+            resumed_from=getattr(result, "resumed_from", None),
         ))
     return out
 

@@ -132,10 +132,58 @@ def test_resuming_does_not_recompile(runs):
 
 
 def test_resume_without_a_checkpoint_starts_fresh_and_an_existing_one_needs_resume(tmp_path, runs):
-    fresh = _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=2))
-    assert fresh.steps == 2 and (tmp_path / checkpoint.CHECKPOINT_NAME).exists()
+    with pytest.warns(checkpoint.StartingFreshWarning, match="no checkpoint ckpt.npz in .*starting fresh"):
+        fresh = _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=2))
+    assert fresh.steps == 2 and fresh.resumed_from is None and (tmp_path / checkpoint.CHECKPOINT_NAME).exists()
+    assert runs["resumed"].resumed_from == 3 and runs["reference"].resumed_from is None
     with pytest.raises(checkpoint.OutputExistsError, match="resume=True"):
         _fit(checkpoint_dir=tmp_path, cfg=dataclasses.replace(CFG, num_steps=2))
+
+
+def test_a_resume_may_extend_the_run_but_not_go_back(runs, tmp_path):
+    """4 steps, then resumed to 7: bit for bit the uninterrupted 7-step run; fewer than 4 is refused."""
+    short = _fit(checkpoint_dir=tmp_path, checkpoint_every=3, cfg=dataclasses.replace(CFG, num_steps=4))
+    assert short.steps == 4 and checkpoint.resume_step(tmp_path / checkpoint.CHECKPOINT_NAME, 7) == 4
+    with pytest.raises(checkpoint.CheckpointAheadError, match=r"at step 4, past this run's 3 steps.*--steps 4 or more"):
+        _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=3))
+    same = _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=4))
+    assert same.steps == 4 and same.resumed_from == 4
+    np.testing.assert_array_equal(same.output, short.output)
+    longer = _fit(checkpoint_dir=tmp_path, checkpoint_every=3, resume=True)
+    ref = runs["reference"]
+    assert longer.steps == ref.steps == 7 and longer.resumed_from == 4
+    np.testing.assert_array_equal(longer.output, ref.output)
+    np.testing.assert_array_equal(longer.output_avg, ref.output_avg)
+    np.testing.assert_array_equal(longer.best_output, ref.best_output)
+    for a, b in zip(jax.tree_util.tree_leaves(longer.state), jax.tree_util.tree_leaves(ref.state)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+    assert set(longer.history) == set(ref.history)
+    for name in ref.history:
+        np.testing.assert_array_equal(longer.history[name], ref.history[name])
+    assert checkpoint.load_checkpoint(tmp_path / checkpoint.CHECKPOINT_NAME).step == 7
+
+
+def test_fit_samples_checks_every_groups_checkpoint_before_fitting(tmp_path, monkeypatch):
+    from dip_jax import experiment, tasks
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the refusal must come before any group is fitted")
+
+    monkeypatch.setattr(engine, "fit", no_fit)
+    task = tasks.task("denoising").quick_variant().with_steps(5)
+    photo = np.full((16, 16, 3), 0.5, np.float32)
+    samples = [experiment.Sample(name="a", observation=photo),
+               experiment.Sample(name="b", observation=np.full((32, 16, 3), 0.5, np.float32))]
+    options = experiment.CheckpointOptions(tmp_path, resume=True)
+    # The second group's checkpoint is past the task's 5 steps; the first group has none.
+    checkpoint.save_checkpoint(tmp_path / "ckpt-1.npz", state={"w": np.zeros(2, np.float32)}, step=9)
+    with pytest.raises(checkpoint.CheckpointAheadError, match="ckpt-1.npz' is at step 9"):
+        experiment.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
+    (tmp_path / "ckpt-1.npz").write_bytes(b"half a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+        experiment.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
 
 
 def _damaged_copies(source, tmp_path):
