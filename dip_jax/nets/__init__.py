@@ -1,10 +1,15 @@
 """Generators: configs (data), Flax modules, presets and parameter counting.
 
 Contract: a generator config is a frozen dataclass with a `kind` ('skip',
-'unet', 'resnet'), `num_input_channels`, `num_output_channels` and
-`size_multiple`. `build_generator(config)` returns a Flax module whose
-`init(key, z)` gives {'params', 'batch_stats'} and whose
-`apply(variables, z, mutable=['batch_stats'])` returns `(image, updates)`.
+'unet', 'resnet', 'texture_nets', 'dcgan'), `num_input_channels`,
+`num_output_channels` and `size_multiple`. A generator whose input `z` is not
+at the output size (dcgan grows a small tensor) also defines
+`input_size(height, width)` (the z size for that output, ValueError when none
+gives it) and `min_size`; `nets.input_size` / `nets.min_size` give the
+defaults (the output size, `size_multiple`) for the others.
+`build_generator(config)` returns a Flax module whose `init(key, z)` gives
+{'params', 'batch_stats'} and whose `apply(variables, z,
+mutable=['batch_stats'])` returns `(image, updates)`.
 Parameters are plain pytrees, so `jax.vmap(module.init)(keys, zs)` makes a
 stack of independent nets.
 """
@@ -55,10 +60,28 @@ def config_from_original(original: dict):
     return _REGISTRY[kind][3](**original)
 
 
+def input_size(config, height: int, width: int) -> tuple[int, int]:
+    """Spatial size of the net input `z` for an output of `height` x `width`."""
+    own = getattr(config, "input_size", None)
+    if own is None:
+        return int(height), int(width)
+    h, w = own(int(height), int(width))
+    return int(h), int(w)
+
+
+def min_size(config) -> int:
+    """The smallest output height/width the net makes."""
+    return int(getattr(config, "min_size", config.size_multiple))
+
+
 def init_shapes(config, height: int | None = None, width: int | None = None) -> dict:
-    """Variable shapes of a net (no computation), as a pytree of ShapeDtypeStruct."""
-    m = config.size_multiple
-    z = jax.ShapeDtypeStruct((1, height or m, width or m, config.num_input_channels), jnp.float32)
+    """Variable shapes of a net (no computation), as a pytree of ShapeDtypeStruct.
+
+    `height`, `width`: the output size (default: the smallest the net makes).
+    """
+    m = min_size(config)
+    h, w = input_size(config, height or m, width or m)
+    z = jax.ShapeDtypeStruct((1, h, w, config.num_input_channels), jnp.float32)
     shapes = jax.eval_shape(build_generator(config).init, jax.random.key(0), z)
     return {k: dict(v) for k, v in shapes.items()}
 
@@ -89,10 +112,11 @@ def _prod(shape) -> int:
 def check_input_size(config, height: int, width: int) -> None:
     """Raise ValueError when an image cannot go through the net unchanged."""
     m = config.size_multiple
-    if height < m or width < m:
+    smallest = min_size(config)
+    if height < smallest or width < smallest:
         raise ValueError(
-            f"the image is {height}x{width} but a {config.kind} net of this depth needs at least {m}x{m} "
-            f"(it halves the size {m.bit_length() - 1} times); use a larger image or a net with fewer scales"
+            f"the image is {height}x{width} but a {config.kind} net of this depth needs at least "
+            f"{smallest}x{smallest}; use a larger image or a net with fewer scales"
         )
     if height % m or width % m:
         raise ValueError(
@@ -100,6 +124,7 @@ def check_input_size(config, height: int, width: int) -> None:
             f"Pad it with dip_jax.io.pad_to_multiple(image, {m}) and crop the result back "
             "(the CLI does this for you), or crop the image"
         )
+    input_size(config, height, width)  # a config with its own input size checks it there
 
 
 def replace(config, **changes):
@@ -114,12 +139,16 @@ __all__ = [
     "config_from_original",
     "count_params",
     "init_shapes",
+    "input_size",
+    "min_size",
     "register",
     "skip_config",
     "torch_module_order",
 ]
 
 from dip_jax.nets.presets import PRESETS, narrow, preset  # noqa: E402
-from dip_jax.nets import resnet, unet  # noqa: E402,F401  (registers them)
+from dip_jax.nets import dcgan, resnet, texture_nets, unet  # noqa: E402,F401  (registers them)
+from dip_jax.nets.dcgan import DCGANConfig  # noqa: E402
 from dip_jax.nets.resnet import ResNetConfig  # noqa: E402
+from dip_jax.nets.texture_nets import TextureNetsConfig  # noqa: E402
 from dip_jax.nets.unet import UNetConfig  # noqa: E402
