@@ -1,0 +1,180 @@
+"""Numbers unchanged: the first steps of a few fixed-seed fits match the pre-redesign fixture.
+
+`tests/fixtures/regression_steps.npz` holds, for each case below, the inputs,
+the per-step history (loss, PSNRs, backtracks) of the first `STEPS` steps and
+the outputs after the last one (the read-out f(z) and the averaged output),
+computed once by `tests/fixtures/make_regression_steps.py` from the code
+before issue 14's redesign (its `config` entry records the settings). The
+cases use only what a user calls: the task registry, `experiment.prepare_samples`
+/ `fit_samples` and `engine.fit`. If the public API changes, port `run_case`
+and `make_inputs` here; never regenerate the fixture from the new code.
+
+Tolerances: outputs 1e-5 absolute; per-step history 1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from dip_jax import engine, experiment, tasks
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "regression_steps.npz"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
+STEPS = 10
+OUTPUT_ATOL = 1e-5
+HISTORY_RTOL = 1e-5
+
+# name -> (task, images (repo data/), masks, restarts, how it is fitted, FitConfig changes)
+CASES = {
+    # Averaging (quick ema 0.9), backtracking and reg_noise_std 1/30 as the task's.
+    "denoising": ("denoising", ["astronaut_128.png"], None, 1, "fit_samples", {}),
+    # In 10 steps neither backtracking (5 dB) nor divergence rollback (15 dB) fires
+    # at the task's settings; a large step and a 1 dB threshold make each fire.
+    "denoising_backtrack": ("denoising", ["astronaut_128.png"], None, 1, "fit_samples",
+                            {"learning_rate": 0.3, "backtrack_drop_db": 1.0}),
+    "denoising_rollback": ("denoising", ["astronaut_128.png"], None, 1, "fit_samples",
+                           {"learning_rate": 0.3, "backtrack": False, "divergence_drop_db": 1.0}),
+    "text_inpainting": ("text_inpainting", ["astronaut_128.png"], ["mask_text_128.png"], 1, "fit_samples", {}),
+    "sr_x4": ("sr_x4", ["astronaut_128.png"], None, 1, "fit_samples", {}),
+    # 2 images x 2 restarts in one engine.fit call.
+    "batch_vmap": ("denoising", ["astronaut_128.png", "camera_128.png"], None, 2, "vmap", {}),
+    "batch_map": ("denoising", ["astronaut_128.png", "camera_128.png"], None, 2, "map", {}),
+}
+INPUT_SEED = 0
+FIT_SEED = 1
+
+
+def case_task(name: str) -> tasks.TaskConfig:
+    """The task's quick variant (64 px, narrow net) cut to `STEPS` steps (one chunk), with the case's changes."""
+    task = tasks.task(CASES[name][0]).quick_variant().with_steps(STEPS)
+    return dataclasses.replace(task, fit=dataclasses.replace(task.fit, **CASES[name][5]))
+
+
+def make_inputs(name: str) -> dict[str, np.ndarray]:
+    """The case's observation (and ground truth, mask) as a user makes them: `prepare_samples(..., quick=True)`."""
+    task_name, images, masks = CASES[name][:3]
+    samples = experiment.prepare_samples(
+        jax.random.key(INPUT_SEED), case_task(name),
+        images=[str(DATA / f) for f in images],
+        masks=None if masks is None else [str(DATA / f) for f in masks],
+        quick=True,
+    )
+    out = {
+        "observation": np.stack([s.observation for s in samples]),
+        "ground_truth": np.stack([s.ground_truth for s in samples]),
+    }
+    if samples[0].mask is not None:
+        out["mask"] = np.stack([s.mask for s in samples])
+    return out
+
+
+def run_case(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fit the case from `inputs`; the history (steps, N, R) and outputs (N, R, H, W, C) to compare."""
+    restarts, how = CASES[name][3:5]
+    task = case_task(name)
+    key = jax.random.key(FIT_SEED)
+    if how == "fit_samples":
+        samples = [
+            experiment.Sample(name=f"image{i}", observation=inputs["observation"][i],
+                              ground_truth=inputs["ground_truth"][i],
+                              mask=None if "mask" not in inputs else inputs["mask"][i])
+            for i in range(inputs["observation"].shape[0])
+        ]
+        results = experiment.fit_samples(key, task, samples, restarts=restarts)
+        out = {f"history/{k}": np.stack([r.history[k] for r in results], axis=1) for k in results[0].history}
+        out["output"] = np.stack([r.outputs for r in results])
+        out["restored"] = np.stack([r.per_restart for r in results])
+        out["num_backtracks"] = np.stack([r.num_backtracks for r in results])
+        out["num_rollbacks"] = np.stack([r.num_rollbacks for r in results])
+        return out
+    fit_config = dataclasses.replace(task.fit, batch_mode=how)
+    result = engine.fit(key, task.net, fit_config, inputs["observation"], ground_truth=inputs["ground_truth"],
+                        restarts=restarts)
+    out = {f"history/{k}": np.asarray(v) for k, v in result.history.items()}
+    out["output"] = np.asarray(result.output)
+    out["restored"] = np.asarray(result.output_avg)
+    out["num_backtracks"] = np.asarray(result.num_backtracks)
+    out["num_rollbacks"] = np.asarray(result.num_rollbacks)
+    return out
+
+
+def case_config(name: str) -> dict:
+    """What produced the case (stored in the fixture's `config`)."""
+    task_name, images, masks, restarts, how, changes = CASES[name]
+    task = case_task(name)
+    return {
+        "task": f"tasks.task({task_name!r}).quick_variant().with_steps({STEPS})"
+                + (f" with fit=dataclasses.replace(task.fit, **{changes!r})" if changes else ""),
+        "inputs": {"call": "experiment.prepare_samples(jax.random.key(%d), task, images=..., masks=..., quick=True)"
+                           % INPUT_SEED, "images": [f"data/{f}" for f in images],
+                   "masks": None if masks is None else [f"data/{f}" for f in masks]},
+        "fit": ("experiment.fit_samples(jax.random.key(%d), task, samples, restarts=%d)" % (FIT_SEED, restarts)
+                if how == "fit_samples" else
+                "engine.fit(jax.random.key(%d), task.net, dataclasses.replace(task.fit, batch_mode=%r), "
+                "observation, ground_truth=ground_truth, restarts=%d)" % (FIT_SEED, how, restarts)),
+        "task_config": task.to_dict(),
+    }
+
+
+def load_fixture(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, expected) of one case from the fixture file."""
+    with np.load(FIXTURE, allow_pickle=False) as f:
+        prefix = f"{name}/"
+        arrays = {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}
+    inputs = {k[len("input/"):]: v for k, v in arrays.items() if k.startswith("input/")}
+    expected = {k: v for k, v in arrays.items() if not k.startswith("input/")}
+    return inputs, expected
+
+
+def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[str]:
+    """The fields that differ beyond the tolerances (empty when the numbers are unchanged)."""
+    problems = []
+    if set(expected) != set(got):
+        problems.append(f"fields differ: fixture {sorted(expected)}, now {sorted(got)}")
+    for k in sorted(set(expected) & set(got)):
+        e, g = np.asarray(expected[k]), np.asarray(got[k])
+        if e.shape != g.shape:
+            problems.append(f"{k}: shape {g.shape}, fixture {e.shape}")
+            continue
+        if k.startswith("history/"):
+            ok = np.allclose(g, e, rtol=HISTORY_RTOL, atol=0.0, equal_nan=True)
+        elif k in ("num_backtracks", "num_rollbacks"):
+            ok = np.array_equal(g, e)
+        else:
+            ok = np.allclose(g, e, rtol=0.0, atol=OUTPUT_ATOL)
+        if not ok:
+            diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+            problems.append(f"{k}: max abs diff {np.nanmax(diff):.3g}")
+    return problems
+
+
+def test_fixture_records_its_settings():
+    with np.load(FIXTURE, allow_pickle=False) as f:
+        config = json.loads(str(f["config"]))
+    assert set(config["cases"]) == set(CASES)
+    assert config["steps"] == STEPS
+    for name in CASES:
+        assert config["cases"][name]["task_config"] == case_task(name).to_dict(), name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_inputs_unchanged(name):
+    inputs, _ = load_fixture(name)
+    made = make_inputs(name)
+    assert set(made) == set(inputs)
+    for k in inputs:
+        np.testing.assert_allclose(made[k], inputs[k], rtol=0, atol=1e-6, err_msg=f"{name} {k}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_first_steps_unchanged(name):
+    inputs, expected = load_fixture(name)
+    got = run_case(name, inputs)
+    problems = compare(expected, got)
+    assert not problems, f"{name}: " + "; ".join(problems)
