@@ -716,6 +716,33 @@ def _fit_group(key, task, group, restarts, progress, classifier, run_options) ->
     return _sample_results(result, len(group), restarts, (crop_top, crop_left, out_h, out_w))
 
 
+def check_memory(task: tasks.TaskConfig, samples: Sequence[Sample], *, restarts: int = 1, devices=None) -> None:
+    """Raise `memory.InsufficientMemoryError`, before anything is built, when `fit_samples` of these
+    same-shaped image samples in one call would not fit (the estimate the engine checks again itself).
+
+    Under 'vmap' with no group size set, the engine may vmap items in small
+    groups, so only the smallest such group (one item) must fit here.
+    """
+    from dip_jax import batching, memory, sharding
+
+    if not task.fit.check_memory or task.operator in ("features", "unit"):
+        return
+    h, w = samples[0].observation.shape[:2]
+    factor = task.factor if task.operator == "downsample" else 1
+    multiple = _lcm(task.net.size_multiple, factor) // factor
+    size = (factor * (h + -h % multiple), factor * (w + -w % multiple))
+    batch_mode = batching.resolve_batch_mode(task.fit.batch_mode)
+    devs = sharding.local_devices(devices)
+    group = task.fit.vmap_group_size if batch_mode == "vmap" else None
+    if batch_mode == "vmap" and group is None:
+        group = 1
+    problem = engine.Problem(task.net, task.fit, None, None, None, False, batch_mode)
+    estimate = memory.estimate_fit(task.net, task.fit, size, len(samples) * restarts, batch_mode=batch_mode,
+                                   tx=problem.tx, num_devices=len(devs), images=len(samples), restarts=restarts,
+                                   group_size=group)
+    memory.check_fits(estimate, devs[0])
+
+
 def _sample_results(result: engine.FitResult, n: int, restarts: int, window) -> list[SampleResult]:
     """Split an engine result (N images x R restarts, padded) into per-sample results cropped to `window`."""
     crop_top, crop_left, out_h, out_w = window
@@ -928,6 +955,27 @@ def _fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+_REPORT_FIELDS = ("task", "image", "steps", "restarts")
+
+
+def _read_metrics(path: Path) -> dict:
+    """A run's metrics.json, or a ValueError that names the file and what is wrong with it."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {str(path)!r} ({err}); check the file or leave its folder out") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({err}); the run may not have finished: re-run it "
+                         "or leave its folder out") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{str(path)!r} does not hold a metrics object; re-run it or leave its folder out")
+    missing = [k for k in _REPORT_FIELDS if k not in m]
+    if missing:
+        raise ValueError(f"{str(path)!r} has no {', '.join(missing)} field(s); it was not written by a dip_jax run "
+                         "(or was edited): re-run it or leave its folder out")
+    return m
+
+
 def report(run_dirs: Sequence[str | os.PathLike]) -> str:
     """A markdown report of the runs under `run_dirs`, with the paper's numbers for comparison."""
     runs = find_runs(run_dirs)
@@ -935,7 +983,7 @@ def report(run_dirs: Sequence[str | os.PathLike]) -> str:
         raise ValueError("no run folders (with a metrics.json) found under " + ", ".join(map(str, run_dirs)))
     rows, seen_tasks = [], []
     for run in runs:
-        m = json.loads((run / "metrics.json").read_text())
+        m = _read_metrics(run / "metrics.json")
         quick = bool(m.get("options", {}).get("quick"))
         baseline = m.get("psnr_observation")
         baseline_label = "observation"

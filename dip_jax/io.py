@@ -70,6 +70,7 @@ import io
 import os
 import re
 import struct
+import tempfile
 import threading
 import uuid
 import warnings
@@ -107,7 +108,15 @@ _PIL_GLOBALS_LOCK = threading.Lock()
 
 
 class ImageIOError(ValueError):
-    """A file could not be read or written as an image (message says why and what to do)."""
+    """A file could not be read or written as an image (message says why and what to do).
+
+    `cli_message`, when set, is the same diagnosis in the command line's terms
+    (the `dip-jax` command prints it instead of the library's advice).
+    """
+
+    def __init__(self, message: str, *, cli_message: str | None = None):
+        super().__init__(message)
+        self.cli_message = cli_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +194,20 @@ def _check_readable_file(name: str) -> None:
         raise ImageIOError(
             f"Cannot read image {name!r}: {err.strerror or err}; check the path and its permissions."
         ) from err
+    if not os.path.isfile(name):  # a FIFO or device would block or stream forever
+        raise ImageIOError(
+            f"Cannot read image {name!r}: it is not a regular file (a pipe, socket or device); "
+            "save the image to a file and give its path."
+        )
     if size == 0:
         raise ImageIOError(f"Cannot read image {name!r}: the file is empty (0 bytes); re-export or re-copy it.")
 
 
-def _too_large_message(name: str, width: int, height: int, max_pixels: int | None) -> str:
-    return (
-        f"Cannot read image {name!r}: it is {height} x {width} (H x W) = {width * height:,} pixels, "
-        f"more than max_pixels={max_pixels:,}; resize or crop it first, or raise max_pixels."
+def _too_large_error(name: str, width: int, height: int, max_pixels: int | None) -> ImageIOError:
+    what = f"Cannot read image {name!r}: it is {height} x {width} (H x W) = {width * height:,} pixels, more than"
+    return ImageIOError(
+        f"{what} max_pixels={max_pixels:,}; resize or crop it first, or raise max_pixels.",
+        cli_message=f"{what} the {max_pixels:,} pixels dip-jax fits; resize or crop it first.",
     )
 
 
@@ -222,7 +237,7 @@ def _load_locked(name: str, max_pixels: int | None) -> LoadedImage:
                 "re-export it with some pixels in it."
             )
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageIOError(_too_large_message(name, width, height, max_pixels))
+            raise _too_large_error(name, width, height, max_pixels)
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             samples, max_value, reported_mode = _decode(pil, name)
@@ -230,7 +245,8 @@ def _load_locked(name: str, max_pixels: int | None) -> LoadedImage:
         except ImageIOError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise ImageIOError(_bomb_message(name, err, max_pixels)) from err
+            raise ImageIOError(_bomb_message(name, err, max_pixels),
+                               cli_message=_bomb_message(name, err, max_pixels, cli=True)) from err
         except MemoryError:
             raise
         except Exception as err:  # truncated/corrupt data surfaces as OSError, SyntaxError, zlib errors...
@@ -251,12 +267,14 @@ def _finish(name: str, samples: np.ndarray, max_value: int, orientation: int, re
     )
 
 
-def _bomb_message(name: str, err: BaseException, max_pixels: int | None) -> str:
+def _bomb_message(name: str, err: BaseException, max_pixels: int | None, *, cli: bool = False) -> str:
     # Pillow's message states the pixel count but, above twice the limit, quotes
     # twice our limit; restate it in terms of max_pixels.
     found = re.search(r"Image size \((\d+) pixels\)", str(err))
     pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
     limit = "its limit" if max_pixels is None else f"max_pixels={max_pixels:,}"
+    if cli:
+        return f"Cannot read image {name!r}: it has {pixels}, more than dip-jax fits; resize or crop it first."
     return (
         f"Cannot read image {name!r}: it has {pixels}, more than {limit}; "
         "resize or crop it first, or raise max_pixels."
@@ -385,6 +403,11 @@ def _load_tiff16_colour(name: str, max_pixels: int | None) -> LoadedImage | None
         if not tiff.pages:
             return None
         page = tiff.pages[0]
+        if page.sampleformat == tifffile.SAMPLEFORMAT.IEEEFP:
+            raise ImageIOError(
+                f"Cannot read image {name!r}: it is a TIFF of {page.bitspersample}-bit floating-point samples; "
+                "dip_jax reads 8- and 16-bit integer images: convert it to a 16-bit TIFF or PNG."
+            )
         if page.bitspersample != 16 or page.samplesperpixel < 2:
             return None
         height, width = page.imagelength, page.imagewidth
@@ -394,7 +417,7 @@ def _load_tiff16_colour(name: str, max_pixels: int | None) -> LoadedImage | None
                 "re-export it with some pixels in it."
             )
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageIOError(_too_large_message(name, width, height, max_pixels))
+            raise _too_large_error(name, width, height, max_pixels)
         photometric, axes = page.photometric, page.axes
         orientation_tag = page.tags.get(274)
         try:
@@ -471,7 +494,7 @@ def _split_alpha(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return samples, None
 
 
-def load_mask(path: str | os.PathLike, *, shape: Sequence[int] | None = None) -> np.ndarray:
+def load_mask(path: str | os.PathLike, *, shape: Sequence[int] | None = None, count_grey: bool = False):
     """Reads a mask image as float32 ``(H, W, 1)`` with values in ``{0, 1}`` (1 = known pixel).
 
     The file is read with :func:`load_image`; colour masks are reduced to
@@ -484,6 +507,9 @@ def load_mask(path: str | os.PathLike, *, shape: Sequence[int] | None = None) ->
       shape: the shape of the image the mask goes with, ``(H, W)``, ``(H, W, C)``
         or ``(N, H, W, C)``; the mask's height and width must match it.
 
+      count_grey: also return how many pixels were neither black nor white
+        (so a caller can say that they were thresholded): ``(mask, count)``.
+
     Raises:
       ImageIOError: the file cannot be read, or its size differs from ``shape``.
     """
@@ -492,6 +518,7 @@ def load_mask(path: str | os.PathLike, *, shape: Sequence[int] | None = None) ->
     if grey.shape[-1] == 3:
         grey = grey @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
     mask = (grey >= 0.5).astype(np.float32)
+    in_between = int(np.count_nonzero(np.any((loaded.image > 0) & (loaded.image < 1), axis=-1)))
     if shape is not None:
         expected = tuple(int(s) for s in shape)
         if len(expected) == 4:
@@ -505,7 +532,7 @@ def load_mask(path: str | os.PathLike, *, shape: Sequence[int] | None = None) ->
                 f"Mask {loaded.path!r} is {mask.shape[0]} x {mask.shape[1]} (H x W) but the image is "
                 f"{expected[0]} x {expected[1]}; use a mask of the same size as the image."
             )
-    return mask
+    return (mask, in_between) if count_grey else mask
 
 
 # --------------------------------------------------------------------------- saving
@@ -586,6 +613,68 @@ def save_image(
     else:
         encode = _pillow_encoder(samples, file_format)
     _write_atomically(name, encode)
+
+
+def check_can_save(path: str | os.PathLike, *, channels: int = 3, bit_depth: int = 8, alpha: bool = False) -> None:
+    """Checks, before any work, that :func:`save_image` will be able to write such an image to ``path``.
+
+    Checks the extension and whether its format holds ``bit_depth`` and an
+    alpha channel, that ``path`` is not a folder, and that its folder exists
+    or can be created and is writable (by writing and removing a probe
+    file). Nothing is left behind.
+
+    Raises:
+      ImageIOError: what :func:`save_image` would raise, said before the work.
+    """
+    name = os.fspath(path)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3 (alpha is separate), got {channels!r}.")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}.")
+    extension = Path(name).suffix.lower()
+    file_format = _SAVE_FORMATS.get(extension)
+    if file_format is None:
+        raise ImageIOError(
+            f"Cannot write image {name!r}: unsupported extension {extension or '(none)'!r}; "
+            "use .png (8/16-bit, alpha), .tif (8/16-bit, alpha) or .jpg (8-bit)."
+        )
+    if file_format == "JPEG" and (bit_depth != 8 or alpha):
+        problem = "16 bits per sample" if bit_depth != 8 else "an alpha channel"
+        raise ImageIOError(
+            f"Cannot write image {name!r}: the result has {problem}, which JPEG cannot store; "
+            "save it as .png or .tif."
+        )
+    if os.path.isdir(name):
+        raise ImageIOError(f"Cannot write image {name!r}: it is a folder; give a file name such as result.png.")
+    check_writable_folder(Path(name).parent, what=f"image {name!r}")
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str | None = None) -> None:
+    """Checks that ``folder`` is (or can be created as) a writable folder, leaving nothing behind.
+
+    Raises:
+      ImageIOError: a part of the path is a file, or the nearest existing
+        folder cannot be written.
+    """
+    folder = Path(os.fspath(folder) or ".")
+    label = what or f"into folder {str(folder)!r}"
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ImageIOError(
+            f"Cannot write {label}: {str(existing)!r} is a file, not a folder; choose another location."
+        )
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".dip_jax_probe_", delete=True)
+    except OSError as err:
+        raise ImageIOError(
+            f"Cannot write {label}: {str(existing)!r} is not writable ({err.strerror or err}); "
+            "choose a writable location."
+        ) from err
+    probe.close()
 
 
 def _as_single_image(values: Any, label: str) -> np.ndarray:

@@ -134,7 +134,8 @@ def _conv_output_bytes(jaxpr) -> int:
 @functools.lru_cache(maxsize=64)
 def _net_shapes(net_config, height: int, width: int):
     module = nets.build_generator(net_config)
-    z = jax.ShapeDtypeStruct((1, height, width, net_config.num_input_channels), jnp.float32)
+    z_size = nets.input_size(net_config, height, width)
+    z = jax.ShapeDtypeStruct((1, *z_size, net_config.num_input_channels), jnp.float32)
     variables = jax.eval_shape(module.init, jax.random.key(0), z)
     jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables, z)
     return variables, _conv_output_bytes(jaxpr.jaxpr)
@@ -168,13 +169,14 @@ def estimate_fit(
     """
     h, w = (int(s) for s in image_size)
     param_bytes, stats_bytes, conv_bytes = net_footprint(net_config, h, w)
-    z_bytes = h * w * net_config.num_input_channels * 4
+    z_h, z_w = nets.input_size(net_config, h, w)
+    z_bytes = z_h * z_w * net_config.num_input_channels * 4
     out_bytes = h * w * net_config.num_output_channels * 4
     trainable = {}
     if "net" in fit_config.opt_over:
         trainable["net"] = _net_shapes(net_config, h, w)[0]["params"]
     if "input" in fit_config.opt_over:
-        trainable["input"] = jax.ShapeDtypeStruct((1, h, w, net_config.num_input_channels), jnp.float32)
+        trainable["input"] = jax.ShapeDtypeStruct((1, z_h, z_w, net_config.num_input_channels), jnp.float32)
     trainable_bytes = _nbytes(trainable)
     opt_bytes = _nbytes(jax.eval_shape(tx.init, trainable)) if tx is not None else 2 * trainable_bytes
     copies = 2 if fit_config.divergence_check else 1  # the state and its rollback snapshot
@@ -251,10 +253,24 @@ def check_fits(estimate: MemoryEstimate, device=None, *, available: int | None =
     if estimate.concurrent_items > 1:
         tips.append("use batch_mode='map' (items one after another: activations for one item only) or "
                     f"a smaller vmap_group_size (now {estimate.concurrent_items} items vmapped together)")
-    raise ValueError(
-        f"this fit needs {estimate.describe()} but only {_gib(int(available))} is free on {platform}; "
-        + "; ".join(tips) + ". Pass check_memory=False in the FitConfig to try anyway"
+    head = f"this fit needs {estimate.describe()} but only {_gib(int(available))} is free on {platform}"
+    raise InsufficientMemoryError(
+        head + "; " + "; ".join(tips) + ". Pass check_memory=False in the FitConfig to try anyway",
+        estimate=estimate, available=int(available),
+        cli_message=head + "; use a smaller image (downscale or crop it), fewer --restarts or, for batch, "
+                           "a smaller --batch-size",
     )
+
+
+class InsufficientMemoryError(ValueError):
+    """A fit would not fit in memory; `estimate` and `available` say by how much.
+
+    `cli_message` says what to do in the `dip-jax` command's terms.
+    """
+
+    def __init__(self, message: str, *, estimate: MemoryEstimate, available: int, cli_message: str):
+        super().__init__(message)
+        self.estimate, self.available, self.cli_message = estimate, available, cli_message
 
 
 @functools.lru_cache(maxsize=1)

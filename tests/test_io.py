@@ -275,11 +275,17 @@ def test_32_bit_integer_tiff_out_of_range_is_refused(tmp_path):
         load_image(path)
 
 
-def test_float_tiff_is_an_unsupported_mode(tmp_path):
+def test_float_tiffs_are_named_as_floating_point(tmp_path):
+    import tifffile
+
     path = tmp_path / "f.tif"
     Image.fromarray(np.ones((2, 2), np.float32)).save(path)
-    with pytest.raises(ImageIOError, match=r"f\.tif.*'F'.*convert it"):
+    with pytest.raises(ImageIOError, match=r"f\.tif.*32-bit floating-point.*convert it"):
         load_image(path)
+    rgb = tmp_path / "rgb_float.tif"
+    tifffile.imwrite(rgb, np.full((4, 4, 3), 0.5, np.float32), photometric="rgb")
+    with pytest.raises(ImageIOError, match=r"rgb_float\.tif.*floating-point.*16-bit TIFF or PNG"):
+        load_image(rgb)
 
 
 def _orientation_fixture() -> np.ndarray:
