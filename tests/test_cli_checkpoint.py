@@ -66,16 +66,16 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_denoise_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path, capsys, interrupt, small_image):
-    base = ["denoise", small_image, "--quick", "--add-noise", 25, "--steps", 6, "--no-progress"]
+    base = ["denoise", small_image, "--quick", "--add-noise", 25, "--steps", 60, "--no-progress"]
     assert cli.main([str(a) for a in base + ["--out", tmp_path / "ref.png"]]) == 0
     out = tmp_path / "out.png"
-    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 2]]
+    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 20]]
 
-    interrupt(call=0, step=4)
+    interrupt(call=0, step=40)
     assert cli.main(run) == 130
     interrupt.disarm()
     err = capsys.readouterr().err
-    assert "interrupted after step 4 of 6" in err and "--resume" in err, err
+    assert "interrupted after step 40 of 60" in err and "--resume" in err, err
     partial = io.load_image(tmp_path / "out.partial.png").image
     assert np.all(np.isfinite(partial)) and partial.shape == (32, 32, 3)
     assert not out.exists(), "an interrupted run must not look finished"
@@ -110,15 +110,15 @@ def test_batch_resumes_the_interrupted_call_and_keeps_the_finished_one(tmp_path,
     io.save_image(folder / "a.png", photo[:32, :32])
     io.save_image(folder / "b.png", photo[32:, 32:])
     # One image per compiled call: two calls (two checkpoint files) of one compiled program.
-    base = ["batch", folder, "--quick", "--add-noise", 25, "--steps", 4, "--batch-size", 1, "--no-progress"]
+    base = ["batch", folder, "--quick", "--add-noise", 25, "--steps", 60, "--batch-size", 1, "--no-progress"]
     assert cli.main([str(a) for a in base + ["--out", tmp_path / "ref"]]) == 0
     out = tmp_path / "out"
-    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 2]]
+    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 20]]
 
-    interrupt(call=1, step=2)
+    interrupt(call=1, step=20)
     assert cli.main(run) == 130
     interrupt.disarm()
-    assert "interrupted after step 2 of 4" in capsys.readouterr().err
+    assert "interrupted after step 20 of 60" in capsys.readouterr().err
     assert (out / "a.png").is_file() and (out / "b.partial.png").is_file() and not (out / "b.png").exists()
     assert not (out / cli.BATCH_MARKER).exists()
     assert (out / "ckpt-0.npz").is_file() and (out / "ckpt-1.npz").is_file()
@@ -179,3 +179,51 @@ def test_experiment_scripts_guard_unfinished_checkpoints(tmp_path, capsys):
     (tmp_path / "denoising" / "ckpt.npz").write_bytes(b"junk")
     assert run("--checkpoint-every", "5") == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_says_when_it_starts_fresh_and_may_extend_the_steps(tmp_path, capsys, interrupt, small_image):
+    base = ["denoise", small_image, "--quick", "--add-noise", 25, "--no-progress"]
+    assert cli.main([str(a) for a in base + ["--steps", 100, "--out", tmp_path / "ref.png"]]) == 0
+    assert "(100 steps, " in capsys.readouterr().out
+    out = tmp_path / "out.png"
+    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 20]]
+
+    # --resume with nothing to resume: one line says so, then the fit runs (here until a Ctrl-C at step 20).
+    interrupt(call=0, step=20)
+    assert cli.main(run + ["--steps", "60", "--resume"]) == 130
+    interrupt.disarm()
+    err = capsys.readouterr().err
+    assert f"dip-jax denoise: no checkpoint ckpt.npz in '{tmp_path / 'out.ckpt'}'; starting fresh" in err.splitlines()
+    assert "interrupted after step 20 of 60" in err
+
+    # Fewer steps than the checkpoint has done cannot be resumed: one line that says what to do.
+    assert "--steps 20 or more" in _one_line_error(capsys, run + ["--steps", "10", "--resume"])
+    # More steps than the interrupted run asked for: it continues to the new total, equal to one run of it.
+    assert cli.main(run + ["--steps", "100", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "starting fresh" not in captured.err
+    assert "(100 steps, resumed at step 20: 80 run now, " in captured.out, captured.out
+    np.testing.assert_array_equal(io.load_image(out).image, io.load_image(tmp_path / "ref.png").image)
+
+
+def test_batch_resume_to_more_steps_continues_the_finished_call_too(tmp_path, capsys, interrupt):
+    folder = tmp_path / "in"
+    photo = io.load_image(ROOT / "data" / "chelsea_64.png").image
+    io.save_image(folder / "a.png", photo[:32, :32])
+    io.save_image(folder / "b.png", photo[32:, 32:])
+    base = ["batch", folder, "--quick", "--add-noise", 25, "--batch-size", 1, "--no-progress"]
+    assert cli.main([str(a) for a in base + ["--steps", 80, "--out", tmp_path / "ref"]]) == 0
+    out = tmp_path / "out"
+    run = [str(a) for a in base + ["--out", out, "--checkpoint-every", 20]]
+    interrupt(call=1, step=20)
+    assert cli.main(run + ["--steps", "60"]) == 130
+    interrupt.disarm()
+    capsys.readouterr()
+    # a.png was finished at 60 steps; resuming to 80 continues it from its checkpoint instead of keeping it.
+    assert cli.main(run + ["--steps", "80", "--resume"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("a.png" in line and "80 steps, resumed at step 60: 20 run now" in line for line in lines), lines
+    assert any("b.png" in line and "80 steps, resumed at step 20: 60 run now" in line for line in lines), lines
+    assert not any("finished earlier" in line for line in lines)
+    for name in ("a.png", "b.png"):
+        np.testing.assert_array_equal(io.load_image(out / name).image, io.load_image(tmp_path / "ref" / name).image)
