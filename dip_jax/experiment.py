@@ -1075,6 +1075,8 @@ def missing_weights_message(task: tasks.TaskConfig) -> str:
 
 
 def _parser(prog: str, description: str, variants: dict, default_variant: str) -> argparse.ArgumentParser:
+    from dip_jax.cli import _positive_float, _positive_int, _seed  # the dip-jax command's checked types
+
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     if len(variants) > 1:
@@ -1091,15 +1093,17 @@ def _parser(prog: str, description: str, variants: dict, default_variant: str) -
     p.add_argument("--data", metavar="DIR",
                    help="the original's data folder (default: $DIP_DATA, else /work/shared/dip_data if present); "
                         "'none': use the stand-in images")
-    p.add_argument("--restarts", type=int, default=1, metavar="R", help="independent fits per image (default 1)")
-    p.add_argument("--steps", type=int, metavar="N", help="number of steps (default: the paper's, or quick's)")
-    p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default: the paper's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--restarts", type=_positive_int, default=1, metavar="R",
+                   help="independent fits per image (default 1)")
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="number of steps (default: the paper's, or quick's)")
+    p.add_argument("--lr", type=_positive_float, metavar="LR", help="learning rate (default: the paper's)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny images, few steps, narrow net (a smoke test)")
     p.add_argument("--out", default="runs", metavar="DIR", help="output folder (default: runs/)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when the terminal is interactive)")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                    help="write a checkpoint every N steps into OUT/TASK/ (also at the end and on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/TASK/")
     p.add_argument("--overwrite", action="store_true", help="delete earlier checkpoints in OUT/TASK/ and start over")
@@ -1115,7 +1119,8 @@ def main(argv: Sequence[str] | None = None, *, variants: dict, default_variant: 
     try:
         return _run_main(args, variants[getattr(args, "variant", default_variant)])
     except ValueError as err:  # io.ImageIOError and checkpoint.CheckpointError are ValueErrors
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        message = " ".join(str(getattr(err, "cli_message", None) or err).split())
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except Interrupted as stop:
         where = (f"checkpoint {str(stop.checkpoint_path)!r}; run the same command with --resume to continue"
@@ -1139,6 +1144,7 @@ def _run_main(args, task_names) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     key = jax.random.key(args.seed)
     out_root = Path(args.out)
+    io.check_writable_folder(out_root, what=f"--out {args.out!r}")  # before any data is made or fitted
     names = (task_names,) if isinstance(task_names, str) else tuple(task_names)
     with tempfile.TemporaryDirectory(prefix="dip_jax_") as tmp:
         for t, name in enumerate(names):

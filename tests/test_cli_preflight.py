@@ -309,3 +309,30 @@ def test_grey_mask_pixels_are_reported(tmp_path, capsys, identity_fit):
                      "--out", str(tmp_path / "out.png"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "192 grey pixels" in err and "half brightness" in err
+
+
+EXPERIMENT_BAD_LINES = [
+    (["--out", "{file}", "--quick"], "--out"),
+    (["--out", "{file}/sub", "--quick"], "afile"),
+    (["--seed", "9" * 30], "--seed"),
+    (["--lr", "inf"], "--lr"),
+    (["--steps", "x"], "--steps"),
+    (["--restarts", "0"], "--restarts"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"),
+    (["--image", "{junk}", "--quick", "--out", "o"], "junk.png"),
+]
+
+
+@pytest.mark.parametrize("argv,named", EXPERIMENT_BAD_LINES, ids=[" ".join(a) for a, _ in EXPERIMENT_BAD_LINES])
+def test_experiment_scripts_refuse_in_one_line(argv, named, files, tmp_path, capsys, monkeypatch, no_fit):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+    try:
+        code = experiment.main(argv, variants={"default": "denoising"}, default_variant="default",
+                               description="denoising", prog="denoising.py")
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("denoising.py: error: ") and named in last, err
