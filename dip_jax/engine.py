@@ -826,9 +826,10 @@ def prepare(
             )
     if net_input is not None:
         zin = _as_batch(net_input, "net_input")
-        if zin.shape != (n, h, w, net_config.num_input_channels):
+        z_shape = (n, *nets.input_size(net_config, h, w), net_config.num_input_channels)
+        if zin.shape != z_shape:
             raise ValueError(
-                f"net_input is {zin.shape} but the net needs {(n, h, w, net_config.num_input_channels)}; "
+                f"net_input is {zin.shape} but the net needs {z_shape}; "
                 "set num_input_channels to its channel count"
             )
     batch_mode = resolve_batch_mode(fit_config.batch_mode)
@@ -905,7 +906,7 @@ def _init_fn(problem: Problem, size: tuple[int, int], with_z: bool, with_variabl
         k_init, k_input, k_loop = jax.random.split(item_key, 3)
         if z_in is None:
             z = inputs_lib.make_input(
-                k_input, cfg.input_type, ncfg.num_input_channels, size,
+                k_input, cfg.input_type, ncfg.num_input_channels, nets.input_size(ncfg, *size),
                 noise_type=cfg.noise_type, scale=cfg.input_scale,
             )
         else:
@@ -915,7 +916,7 @@ def _init_fn(problem: Problem, size: tuple[int, int], with_z: bool, with_variabl
         v = problem.module.init(k_init, z) if variables is None else variables
         params, stats = v["params"], v.get("batch_stats", {})
         trainable = _trainable(cfg, params, z)
-        out_shape = z.shape[:3] + (ncfg.num_output_channels,)
+        out_shape = (1, *size, ncfg.num_output_channels)
         opt_state = problem.tx.init(trainable)
         out_avg = jnp.zeros(out_shape, jnp.float32)
         # The original starts its last-PSNR at 0, so the first step never backtracks.

@@ -2,19 +2,22 @@
 
 `preset(name, *, num_input_channels=None, num_output_channels=None)` returns the
 config; channel counts default to the notebook's. `PRESETS` lists the names.
-Each entry cites the notebook whose `skip(...)` call it reproduces.
+Each entry cites the notebook whose `skip(...)` call it reproduces (or, for the
+generators no notebook uses, the original call it builds).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from dip_jax.nets.dcgan import DCGANConfig
 from dip_jax.nets.skip import SkipConfig
+from dip_jax.nets.texture_nets import TextureNetsConfig
 
 _128x5 = (128, 128, 128, 128, 128)
 _DEPTH6 = (16, 32, 64, 128, 128, 128)
 
-PRESETS: dict[str, SkipConfig] = {
+PRESETS: dict[str, SkipConfig | TextureNetsConfig | DCGANConfig] = {
     # denoising.ipynb (F16), super-resolution.ipynb, restoration 50% (1 output channel there).
     "default": SkipConfig(),
     # denoising.ipynb, snail.jpg (JPEG artifacts): 3-channel noise input.
@@ -78,10 +81,16 @@ PRESETS: dict[str, SkipConfig] = {
         upsample_mode="bilinear",
         downsample_mode="avg",
     ),
+    # get_net(32, 'texture_nets', 'reflection', ...), as the notebooks call get_net (32-channel
+    # noise input, reflection padding): ratios 32..1, 8 channels, no sigmoid. No notebook uses it.
+    "texture_nets": TextureNetsConfig(num_input_channels=32, pad="reflection"),
+    # models/dcgan.py's dcgan() with its own defaults (ndf 32, num_ups 4: z is H/4 - 2 pixels a side,
+    # transposed convolutions, identity "activations", see DCGANConfig). No notebook uses it.
+    "dcgan": DCGANConfig(),
 }
 
 
-def preset(name: str, *, num_input_channels: int | None = None, num_output_channels: int | None = None) -> SkipConfig:
+def preset(name: str, *, num_input_channels: int | None = None, num_output_channels: int | None = None):
     if name not in PRESETS:
         raise ValueError(f"unknown net preset {name!r}; choose one of {sorted(PRESETS)}")
     changes = {}
