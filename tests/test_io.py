@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from dip_jax import io as dio
+from dip_jax.io import read as dio  # the reader module: its internals are patched below
 from dip_jax.io import (
     Crop,
     ImageIOError,
