@@ -57,7 +57,7 @@ DEFAULT_WHEELS = ROOT / "benchmarks" / "wheels"
 PARTS = ("install", "env", "bench_steps", "bench_restarts", "bench_memory", "tasks")
 # Seconds per part on the GPU machine; the budget cuts the last ones short if
 # the earlier ones run long, and the tasks part stops starting fits in time.
-GPU_TIMEOUTS = {"install": 60, "env": 60, "bench_steps": 120, "bench_restarts": 150, "bench_memory": 60,
+GPU_TIMEOUTS = {"install": 60, "env": 60, "bench_steps": 120, "bench_restarts": 180, "bench_memory": 60,
                 "tasks": 150}
 GPU_BUDGET = 480.0
 QUICK_TIMEOUTS = {"install": 60, "env": 60, "bench_steps": 150, "bench_restarts": 150, "bench_memory": 120,
@@ -451,6 +451,13 @@ def check(out_dir: Path, *, quick: bool, parts: list[str], wheels: Path, work: P
     summary["ok"] = not summary["failed_parts"]
     summary["seconds"] = round(time.time() - start, 1)
     _write_json(json_path, summary)
+    # The end of the output is what a remote call shows first: the parts and the numbers, once more.
+    log.write("\n## summary\n" + "".join(f"{p}: {i['status']}\n" for p, i in summary["parts"].items()))
+    if summary["benchmark"]:
+        log.write("benchmark: " + json.dumps(summary["benchmark"], sort_keys=True) + "\n")
+    for t in summary["tasks"]:
+        log.write(f"task {t['name']}: {t['status']}, {t.get('seconds', '-')} s, loss {t.get('final_loss', '-')}, "
+                  f"PSNR {t.get('psnr', '-')}\n")
     log.write(f"\n# device_check: {'all parts ok' if summary['ok'] else 'FAILED: ' + ', '.join(summary['failed_parts'])}"
               f" ({summary['seconds']} s); {json_path}\n")
     log.handle.close()
