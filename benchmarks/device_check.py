@@ -6,7 +6,7 @@ rest. From the repository root:
 
     python benchmarks/device_check.py --fetch-wheels     # here, online: fill benchmarks/wheels/
     bash benchmarks/device_check.sh OUT_DIR              # there: about 8 minutes
-    bash benchmarks/device_check.sh OUT_DIR --quick      # any CPU: tiny, a minute or two (the test)
+    bash benchmarks/device_check.sh OUT_DIR --quick      # any CPU: tiny, 2-3 minutes on 2 cores (the test)
 
 Parts, in this order, each in its own process group with its own time limit
 (`--timeout PART=SECONDS`), all within `--budget` seconds; a part that fails
