@@ -83,6 +83,9 @@ def test_output_and_input_sizes():
         nets.check_input_size(gan, 44, 64)
     with pytest.raises(ValueError, match="at least 24"):
         nets.check_input_size(gan, 16, 64)
+    image = np.zeros((24, 24, 3), np.float32)
+    with pytest.raises(ValueError, match=r"net_input is \(1, 24, 24, 2\) but the net needs \(1, 1, 1, 2\)"):
+        engine.prepare(jax.random.key(0), gan, engine.FitConfig(), image, net_input=np.zeros((1, 24, 24, 2)))
     # Memory is estimated by running the net on the small z: its four transposed convs output
     # 8x12, 16x24, 32x48 (8 channels) and 64x96 (3 channels) float32 pixels.
     conv_bytes = memory.net_footprint(gan, 64, 96)[2]
