@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from dip_jax import engine, io, kernels, metrics, operators, tasks
+from dip_jax.operators import ClassifierFeatures, ClassifierUnit, PerImageKernel, UnitLoss
 
 DEFAULT_DIP_DATA = Path("/work/shared/dip_data")
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -396,103 +397,6 @@ def _make_sample(key, task, name, spec, dip, quick) -> Sample:
         sample.reference = _resize(square, (side, side))
         sample.observation = sample.reference
     return sample
-
-
-# --------------------------------------------------------------------------- operators for the engine
-
-
-def _kernel_2d(args):
-    a = jnp.asarray(args)
-    return a if a.ndim == 2 else a.reshape(a.shape[-2:])
-
-
-@dataclasses.dataclass(frozen=True)
-class PerImageKernel:
-    """An operator whose args are one 2-D kernel, fed from the engine's per-image stack.
-
-    The engine gives an operator each image's slice of `op_args` (with or
-    without a leading length-1 axis); kernel operators want exactly (K, K).
-    """
-
-    op: Any
-
-    @property
-    def linear(self) -> bool:
-        return self.op.linear
-
-    def apply(self, x, args):
-        return self.op.apply(x, _kernel_2d(args))
-
-    def output_shape(self, image_shape, args=None):
-        return self.op.output_shape(image_shape, None if args is None else _kernel_2d(args))
-
-    def validate(self, image_shape, args):
-        self.op.validate(image_shape, _kernel_2d(args))
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierFeatures:
-    """`A x` = a classifier layer's activations of the top-left `crop` x `crop` of `x`, as (1, h, w, C) or (1, 1, 1, F).
-
-    The classifier's parameters come as the engine's `shared` argument.
-    """
-
-    arch: str
-    layer: str
-    crop: int
-    style: str = "torchvision"
-
-    def apply(self, x, args, params):
-        from dip_jax import classifiers
-
-        model = classifiers.TorchvisionClassifier(arch=self.arch)
-        f = classifiers.features(model, params, x[:, : self.crop, : self.crop, :], self.layer, style=self.style)
-        return f if f.ndim == 4 else f[:, None, None, :]
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierUnit:
-    """One unit of a classifier layer: `args` is the unit index; output (1, 1, 1, 1).
-
-    Conv layers: the sum of the unit's channel over a window of +-`window`
-    around the centre (the original's matcher); fc layers: the unit itself.
-    Where the window starts before the first row the original's slice would
-    wrap around; here it starts at 0.
-    """
-
-    arch: str
-    layer: str
-    crop: int
-    window: int = 20
-    style: str = "torchvision"
-
-    def apply(self, x, args, params):
-        from dip_jax import classifiers
-
-        model = classifiers.TorchvisionClassifier(arch=self.arch)
-        f = classifiers.features(model, params, x[:, : self.crop, : self.crop, :], self.layer, style=self.style)
-        unit = jnp.reshape(jnp.asarray(args), (-1,))[0]
-        if f.ndim == 2:
-            value = jnp.take(f, unit, axis=-1)
-        else:
-            h, w = f.shape[1:3]
-            ws = self.window
-            region = f[:, max(h // 2 - ws, 0) : h // 2 + ws, max(w // 2 - ws, 0) : w // 2 + ws, :]
-            value = jnp.take(region, unit, axis=-1).sum(axis=(1, 2))
-        return value.reshape(1, 1, 1, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class UnitLoss:
-    """The activation-maximisation loss: `-scale * a` ('maximize') or `scale * |target - a|` ('match')."""
-
-    mode: str = "maximize"
-    scale: float = 5.0
-
-    def __call__(self, pred, target):
-        if self.mode == "maximize":
-            return -self.scale * jnp.sum(pred)
-        return self.scale * jnp.sum(jnp.abs(target - pred))
 
 
 # --------------------------------------------------------------------------- fitting

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from dip_jax import experiment, io, nets, tasks
+from dip_jax import experiment, io, nets, operators, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -333,20 +333,20 @@ def test_classifier_operators_trace_to_the_right_shapes():
     model = classifiers.TorchvisionClassifier(arch="alexnet")
     image = jax.ShapeDtypeStruct((1, 80, 80, 3), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), image)  # shapes only: no weights, no compiling
-    fc6 = experiment.ClassifierFeatures("alexnet", "fc6", 64)
+    fc6 = operators.ClassifierFeatures("alexnet", "fc6", 64)
     assert jax.eval_shape(fc6.apply, image, None, params).shape == (1, 1, 1, 4096)
     # The net's output is cropped to the classifier's input size before the classifier sees it.
-    conv1 = experiment.ClassifierFeatures("alexnet", "conv1", 70)
+    conv1 = operators.ClassifierFeatures("alexnet", "conv1", 70)
     assert jax.eval_shape(conv1.apply, image, None, params).shape == (1, 16, 16, 64)
     unit_index = jax.ShapeDtypeStruct((), jnp.int32)
     for layer in ("conv4", "fc8"):
-        unit = experiment.ClassifierUnit("alexnet", layer, 64)
+        unit = operators.ClassifierUnit("alexnet", layer, 64)
         assert jax.eval_shape(unit.apply, image, unit_index, params).shape == (1, 1, 1, 1)
     value = jnp.full((1, 1, 1, 1), 3.0)
-    assert float(experiment.UnitLoss("maximize", 5.0)(value, jnp.zeros_like(value))) == -15.0
-    assert float(experiment.UnitLoss("match", 5.0)(value, jnp.full_like(value, 300.0))) == 5.0 * 297.0
+    assert float(operators.UnitLoss("maximize", 5.0)(value, jnp.zeros_like(value))) == -15.0
+    assert float(operators.UnitLoss("match", 5.0)(value, jnp.full_like(value, 300.0))) == 5.0 * 297.0
     # Frozen dataclasses: equal settings give equal (hashable) engine problems, so nothing recompiles.
-    assert hash(experiment.UnitLoss("maximize", 5.0)) == hash(experiment.UnitLoss("maximize", 5.0))
+    assert hash(operators.UnitLoss("maximize", 5.0)) == hash(operators.UnitLoss("maximize", 5.0))
 
 
 @pytest.mark.slow

@@ -352,3 +352,35 @@ def test_property_adjoint_identity(kind, shape, seed):
     y = random_normal(seed + 2, op.output_shape(shape, args))
     assert_adjoint(op, args, x, y, apply=lambda x, a: jit_apply(op, x, a),
                    adjoint=lambda y, a: jit_adjoint(op, y, a))
+
+
+def test_protocol_image_like_and_input_size():
+    from dip_jax import operators
+
+    image_ops = [Identity(), Mask(), Downsample(2), Blur(), Compose((Blur(), Downsample(2))),
+                 operators.PerImageKernel(Downsample(4)), operators.PerImageKernel(Blur())]
+    assert all(op.image_like for op in image_ops)
+    classifier_ops = [operators.ClassifierFeatures("alexnet", "fc6", 8), operators.ClassifierUnit("alexnet", "fc8", 8)]
+    assert not any(op.image_like for op in classifier_ops)
+    assert not Compose((Identity(), classifier_ops[0])).image_like
+    assert operators.input_size(Identity(), (5, 6)) == (5, 6)
+    assert operators.input_size(Compose((Blur(), Downsample(2), Downsample(3))), (5, 6)) == (30, 36)
+    assert operators.input_size(operators.PerImageKernel(Downsample(4)), (3, 5)) == (12, 20)
+    with pytest.raises(ValueError, match="image_size"):
+        operators.input_size(Compose((Blur("valid"),)), (5, 6))
+    with pytest.raises(ValueError, match="at least 8x8"):
+        classifier_ops[0].validate((1, 4, 16, 3), None)
+
+
+def test_per_image_kernel_takes_a_stacked_kernel_slice():
+    from dip_jax import operators
+
+    op = operators.PerImageKernel(Blur("valid"))
+    kernel = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 3)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 8, 8, 2)), jnp.float32)
+    np.testing.assert_array_equal(op.apply(x, kernel[None]), Blur("valid").apply(x, kernel))
+    assert op.output_shape(x.shape, kernel[None]) == (1, 6, 6, 2)
+    y = op.apply(x, kernel[None])
+    np.testing.assert_allclose(op.adjoint(y, kernel[None]), Blur("valid").adjoint(y, kernel), atol=1e-6)
+    with pytest.raises(ValueError, match="bigger than"):
+        op.validate((1, 2, 2, 1), kernel[None])

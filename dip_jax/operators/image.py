@@ -1,24 +1,9 @@
-"""Forward models `A` (corruption operators) for Deep Image Prior fitting.
+"""The image-space operators: `Identity`, `Mask`, `Downsample`, `Blur`, `Compose` (see the package docstring).
 
-Contract:
-- An operator is a frozen, hashable dataclass holding static configuration
-  only; per-image data (mask, kernel) travel separately as `args`, a pytree of
-  arrays (or None), so `jax.vmap(op.apply)(images, args)` fits many images.
-- `op.apply(x, args)`: `x` float32 (N, H, W, C) in [0, 1] -> the observation
-  `A x`, float32, shape `op.output_shape(x.shape, args)`.
-- `op.adjoint(y, args)`: the exact adjoint `A^T y` (every operator here is
-  linear, `op.linear` is True), so `<A x, y> = <x, A^T y>`.
-- `op.make_args(...)`: builds `args` (float32 jnp arrays) from user data or
-  defaults (e.g. the Lanczos kernel).
-- `op.validate(image_shape, args)`: host-side checks, before fitting; raises
-  ValueError saying what is wrong and how to fix it. Value checks (finite,
-  mask in [0, 1]) are skipped for traced arrays.
-- `op.output_shape(image_shape, args=None)`: the observation's shape; `args`
-  is only needed by `Blur(padding='valid')` (and a `Compose` holding one).
-
-Operators: `Identity` (denoising), `Mask` (inpainting; `bernoulli_mask` draws
-random pixel masks), `Downsample` (super-resolution, the original's
-downsampler), `Blur` (deblurring; not in the original), `Compose`.
+All are linear with exact adjoints and `image_like` (the observation is an
+image in [0, 1]); `make_args(...)` builds each one's float32 `args` from user
+data or defaults (e.g. the Lanczos kernel). Value checks in `validate`
+(finite, mask in [0, 1]) are skipped for traced arrays.
 """
 
 from __future__ import annotations
@@ -77,6 +62,7 @@ class Identity:
     """`A = I` (denoising). `args` is None."""
 
     linear: ClassVar[bool] = True
+    image_like: ClassVar[bool] = True
 
     def apply(self, x: jax.Array, args: None) -> jax.Array:
         return x
@@ -105,6 +91,7 @@ class Mask:
     """
 
     linear: ClassVar[bool] = True
+    image_like: ClassVar[bool] = True
 
     def apply(self, x: jax.Array, args: jax.Array) -> jax.Array:
         return x * args
@@ -186,6 +173,7 @@ class Downsample:
     phase: float | None = None
 
     linear: ClassVar[bool] = True
+    image_like: ClassVar[bool] = True
 
     def __post_init__(self):
         kernels._check_factor(self.factor)
@@ -205,6 +193,10 @@ class Downsample:
                              f"{input_shape} to {y.shape} (the original's padding loses a pixel for "
                              f"even kernels at odd factors); use an even factor or an odd-sized kernel")
         return _transpose(lambda x: self.apply(x, args), input_shape, y)
+
+    def input_size(self, output_size) -> tuple[int, int]:
+        h, w = output_size
+        return h * self.factor, w * self.factor
 
     def make_args(self) -> jax.Array:
         return jnp.asarray(kernels.downsampler_kernel(self.kernel_type, self.factor, phase=self.phase),
@@ -251,6 +243,7 @@ class Blur:
     padding: str = "reflect"
 
     linear: ClassVar[bool] = True
+    image_like: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.padding not in BLUR_PADDINGS:
@@ -276,6 +269,11 @@ class Blur:
         else:
             input_shape = (n, h, w, c)
         return _transpose(lambda x: self.apply(x, args), input_shape, y)
+
+    def input_size(self, output_size) -> tuple[int, int]:
+        if self.padding == "valid":
+            raise ValueError("a 'valid' Blur shrinks the image by the kernel size; pass image_size=(H, W) to fit")
+        return tuple(output_size)
 
     def make_args(self, kernel) -> jax.Array:
         """`kernel` (Kh, Kw), e.g. `kernels.gaussian_blur_kernel(9, 2.0)` -> float32 array."""
@@ -317,6 +315,16 @@ class Compose:
     @property
     def linear(self) -> bool:
         return all(op.linear for op in self.ops)
+
+    @property
+    def image_like(self) -> bool:
+        return all(getattr(op, "image_like", False) for op in self.ops)
+
+    def input_size(self, output_size) -> tuple[int, int]:
+        size = tuple(output_size)
+        for inner in reversed(self.ops):
+            size = input_size(inner, size)
+        return size
 
     def _check_args(self, args) -> None:
         if not isinstance(args, (tuple, list)) or len(args) != len(self.ops):
@@ -364,18 +372,11 @@ class Compose:
 def input_size(op: Any, output_size: tuple[int, int]) -> tuple[int, int]:
     """The image size (H, W) that `op` maps to an observation of `output_size`.
 
-    Used by the engine to size the generator's output from the observation.
-    Operators of other kinds may define an `input_size(output_size)` method.
+    Used by the engine to size the generator's output from the observation:
+    the operator's own `input_size(output_size)` where it has one, else the
+    same size (operators that keep the image size need not define it).
     """
     h, w = (int(s) for s in output_size)
-    if isinstance(op, Compose):
-        for inner in reversed(op.ops):
-            h, w = input_size(inner, (h, w))
-        return h, w
-    if isinstance(op, Downsample):
-        return h * op.factor, w * op.factor
-    if isinstance(op, Blur) and op.padding == "valid":
-        raise ValueError("a 'valid' Blur shrinks the image by the kernel size; pass image_size=(H, W) to fit")
     if hasattr(op, "input_size"):
-        return tuple(op.input_size((h, w)))
+        return tuple(int(s) for s in op.input_size((h, w)))
     return h, w
