@@ -7,11 +7,14 @@ running_var[/num_batches_tracked]`), in its original order, and returns
 dip_jax `variables` ({'params', 'batch_stats'}) for `build_generator(config)`.
 
 Matching is by order, not by name: the original's module names are positional
-(`1.1.7.1.0.1.1.weight`), while every dip_jax generator exposes
-`torch_module_order(config)`, the list of its modules in the order the
-original registers them. Entries are grouped into modules by their name
-prefix and paired one to one; any disagreement in count or shape raises
-ValueError saying where.
+(`1.1.7.1.0.1.1.weight`). `torch_module_order(config)` lists a generator's
+dip_jax modules in the order the original registers them; this module holds
+that knowledge for each of the original's generators ('skip', 'unet',
+'resnet', 'texture_nets', 'dcgan'), so generators themselves carry no PyTorch
+ordering. Entries are grouped into modules by their name prefix and paired
+one to one; any disagreement in count or shape raises ValueError saying where.
+`config_from_original(kwargs)` builds a config from the original's
+constructor arguments plus a 'kind' key (as the golden fixtures store them).
 """
 
 from __future__ import annotations
@@ -23,8 +26,127 @@ from typing import Any, Mapping
 import numpy as np
 
 from dip_jax import nets
+from dip_jax.nets import dcgan, resnet, skip, texture_nets, unet
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
+# ---------------------------------------------------------------------------- the original's module orders
+# Each returns (dip_jax module path, kind) in the order of the original's state_dict. kind is
+# 'conv' (weight[, bias]), 'deconv' (a ConvTranspose2d), 'bn' (weight, bias, running stats),
+# 'norm_affine' (InstanceNorm2d(affine=True): weight, bias) or 'lanczos' (the original's in-net
+# Downsampler conv). Paths are '/'-joined submodule names inside the `params` collection.
+
+
+def _skip_order(cfg: skip.SkipConfig) -> list[tuple[str, str]]:
+    order: list[tuple[str, str]] = []
+
+    def scale(i: int) -> None:
+        if cfg.num_channels_skip[i] > 0:
+            order.extend([(f"s{i}_skip_conv", "conv"), (f"s{i}_skip_bn", "bn")])
+        order.append((f"s{i}_down/conv", "conv"))
+        if cfg.downsample_modes[i] in ("lanczos2", "lanczos3"):
+            order.append((f"s{i}_down", "lanczos"))
+        order.extend([(f"s{i}_down_bn", "bn"), (f"s{i}_conv2", "conv"), (f"s{i}_conv2_bn", "bn")])
+        if i + 1 < cfg.num_scales:
+            scale(i + 1)
+        order.extend([(f"s{i}_join_bn", "bn"), (f"s{i}_up_conv", "conv"), (f"s{i}_up_conv_bn", "bn")])
+        if cfg.need1x1_up:
+            order.extend([(f"s{i}_up1x1", "conv"), (f"s{i}_up1x1_bn", "bn")])
+
+    scale(0)
+    order.append(("out_conv", "conv"))
+    return order
+
+
+def _unet_order(cfg: unet.UNetConfig) -> list[tuple[str, str]]:
+    # start, down1..4, more_downs, more_ups, up4..up1, final; InstanceNorm2d(affine=False) holds no weights.
+    order: list[tuple[str, str]] = []
+
+    def conv2(path: str, norm_layer: str | None) -> None:
+        for i in (1, 2):
+            order.append((f"{path}/conv{i}", "conv"))
+            if norm_layer == "BatchNorm2d":
+                order.append((f"{path}/norm{i}", "bn"))
+
+    def up(path: str) -> None:
+        order.append((f"{path}/up", "deconv" if cfg.upsample_mode == "deconv" else "conv"))
+        conv2(f"{path}/conv", None)
+
+    for name in ["start", "down1", "down2", "down3", "down4"] + [f"more_down{j}" for j in range(cfg.more_layers)]:
+        conv2(name, cfg.norm_layer)
+    for j in range(cfg.more_layers):
+        up(f"more_up{j}")
+    for i in (4, 3, 2, 1):
+        up(f"up{i}")
+    order.append(("final", "conv"))
+    return order
+
+
+def _resnet_order(cfg: resnet.ResNetConfig) -> list[tuple[str, str]]:
+    norm_kind = "bn" if cfg.norm_layer == "BatchNorm2d" else "norm_affine"
+    order: list[tuple[str, str]] = [("head", "conv")]
+    for i in range(cfg.num_blocks):
+        order.extend([
+            (f"block{i}_conv1", "conv"), (f"block{i}_norm1", norm_kind),
+            (f"block{i}_conv2", "conv"), (f"block{i}_norm2", norm_kind),
+        ])
+    order.extend([("tail_conv", "conv"), ("tail_norm", norm_kind), ("out_conv", "conv")])
+    return order
+
+
+def _texture_nets_order(cfg: texture_nets.TextureNetsConfig) -> list[tuple[str, str]]:
+    # The original nests the coarser path inside each finer `Concat` and appends each merge
+    # BatchNorm to the end of the sequence it normalises: branch0, carry1's BN, then per scale
+    # the branch, its merge BN, the join, and the next carry's BN (or, last, the output conv).
+    def block(path: str) -> list[tuple[str, str]]:
+        return [entry for k in (1, 2, 3) for entry in ((f"{path}/conv{k}", "conv"), (f"{path}/bn{k}", "bn"))]
+
+    n = len(cfg.ratios)
+    order = block("branch0") + [("carry1_merge_bn", "bn")]
+    for i in range(1, n):
+        order += block(f"branch{i}") + [(f"branch{i}_merge_bn", "bn")] + block(f"join{i}")
+        order.append((f"carry{i + 1}_merge_bn", "bn") if i < n - 1 else ("out_conv", "conv"))
+    return order
+
+
+def _dcgan_order(cfg: dcgan.DCGANConfig) -> list[tuple[str, str]]:
+    up = "deconv" if cfg.need_convT else "conv"
+    order = [("in_deconv", "deconv"), ("in_bn", "bn")]
+    for i in range(cfg.num_ups - 3):
+        order += [(f"up{i}", up), (f"up{i}_bn", "bn")]
+    order.append(("out_conv", up))
+    return order
+
+
+# kind -> (module order, config from the original's constructor arguments)
+ORIGINAL_GENERATORS = {
+    "skip": (_skip_order, skip.skip_config),
+    "unet": (_unet_order, unet.unet_config),
+    "resnet": (_resnet_order, resnet.resnet_config),
+    "texture_nets": (_texture_nets_order, texture_nets.texture_nets_config),
+    "dcgan": (_dcgan_order, dcgan.dcgan_config),
+}
+
+
+def torch_module_order(config) -> list[tuple[str, str]]:
+    """(dip_jax module path, kind) of `config`'s net in the order of the original's `state_dict()`."""
+    kind = getattr(config, "kind", None)
+    if kind not in ORIGINAL_GENERATORS:
+        raise ValueError(
+            f"a {kind!r} generator has no PyTorch original to convert weights from; "
+            f"weights convert for {sorted(ORIGINAL_GENERATORS)}"
+        )
+    return ORIGINAL_GENERATORS[kind][0](config)
+
+
+def config_from_original(original: Mapping):
+    """Config from the original's constructor arguments plus a 'kind' key (default 'skip')."""
+    original = dict(original)
+    kind = original.pop("kind", "skip")
+    if kind not in ORIGINAL_GENERATORS:
+        raise ValueError(f"unknown original generator kind {kind!r}; use one of {sorted(ORIGINAL_GENERATORS)}")
+    return ORIGINAL_GENERATORS[kind][1](**original)
 
 
 def load_golden(path: str) -> tuple[Any, "OrderedDict[str, np.ndarray]", dict]:
@@ -39,7 +161,7 @@ def load_golden(path: str) -> tuple[Any, "OrderedDict[str, np.ndarray]", dict]:
     entries = sorted((k for k in data.files if k.startswith("p/")), key=lambda k: int(k.split("/")[1]))
     state_dict = OrderedDict((k.split("/", 2)[2], np.asarray(data[k])) for k in entries)
     extras = {k: np.asarray(data[k]) for k in data.files if not k.startswith("p/") and k != "config"}
-    return nets.config_from_original(original), state_dict, extras
+    return config_from_original(original), state_dict, extras
 
 
 def load_torch_file(path: str) -> "OrderedDict[str, np.ndarray]":
@@ -88,7 +210,7 @@ def _check_shape(where: str, got: tuple, want: tuple) -> None:
 
 def from_torch_state_dict(config, state_dict: Mapping[str, np.ndarray]) -> dict:
     """Original state dict -> dip_jax variables for `config` (see module docstring)."""
-    order = nets.torch_module_order(config)
+    order = torch_module_order(config)
     groups = _group_modules(state_dict)
     if len(groups) != len(order):
         raise ValueError(

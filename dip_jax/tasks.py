@@ -95,7 +95,7 @@ class Pixels(nn.Module):
         return self.param("pixels", lambda key: jnp.asarray(z, jnp.float32))
 
 
-nets.register("pixels", PixelsConfig, Pixels, lambda config: [], lambda **kwargs: PixelsConfig(**kwargs))
+nets.register(PixelsConfig, Pixels)
 
 
 # --------------------------------------------------------------------------- configs

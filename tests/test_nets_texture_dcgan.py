@@ -120,8 +120,8 @@ def test_presets_and_original_names():
     assert isinstance(nets.preset("texture_nets"), TextureNetsConfig)
     assert nets.preset("texture_nets").num_input_channels == 32
     assert nets.preset("dcgan", num_output_channels=1) == DCGANConfig(num_output_channels=1)
-    assert nets.config_from_original({"kind": "texture_nets", "inp": 4}).num_input_channels == 4
-    assert nets.config_from_original({"kind": "dcgan", "inp": 3}) == DCGANConfig(num_input_channels=3)
+    assert convert.config_from_original({"kind": "texture_nets", "inp": 4}).num_input_channels == 4
+    assert convert.config_from_original({"kind": "dcgan", "inp": 3}) == DCGANConfig(num_input_channels=3)
 
 
 def test_dcgan_init_is_pytorch_like():

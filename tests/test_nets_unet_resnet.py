@@ -187,7 +187,7 @@ def test_norm_layer_spellings():
     assert unet.unet_config(norm_layer="torch.nn.InstanceNorm2d").norm_layer == "InstanceNorm2d"
     assert unet.unet_config(norm_layer="none").norm_layer is None
     assert resnet.resnet_config(norm_layer="nn.BatchNorm2d").norm_layer == "BatchNorm2d"
-    assert nets.config_from_original({"kind": "resnet", "num_blocks": 2}) == ResNetConfig(num_blocks=2)
+    assert convert.config_from_original({"kind": "resnet", "num_blocks": 2}) == ResNetConfig(num_blocks=2)
 
 
 @pytest.mark.parametrize(

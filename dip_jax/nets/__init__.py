@@ -1,63 +1,102 @@
 """Generators: configs (data), Flax modules, presets and parameter counting.
 
-Contract: a generator config is a frozen dataclass with a `kind` ('skip',
-'unet', 'resnet', 'texture_nets', 'dcgan'), `num_input_channels`,
-`num_output_channels` and `size_multiple`. A generator whose input `z` is not
-at the output size (dcgan grows a small tensor) also defines
-`input_size(height, width)` (the z size for that output, ValueError when none
-gives it) and `min_size`; `nets.input_size` / `nets.min_size` give the
-defaults (the output size, `size_multiple`) for the others.
-`build_generator(config)` returns a Flax module whose `init(key, z)` gives
-{'params', 'batch_stats'} and whose `apply(variables, z,
-mutable=['batch_stats'])` returns `(image, updates)`.
-Parameters are plain pytrees, so `jax.vmap(module.init)(keys, zs)` makes a
-stack of independent nets.
+Contract. A generator is a config and a Flax module, registered together:
+`nets.register(MyConfig, MyNet)` (or `@nets.register(MyConfig)` above the
+module class). The config is a frozen dataclass with
+- `kind` (a class attribute naming the family: 'skip', 'unet', ...),
+- `num_input_channels`, `num_output_channels` (fields),
+- `size_multiple`: H and W of the output must be multiples of it;
+and, optionally,
+- `input_size(height, width)`: the spatial size of the net input `z` for an
+  output of that size (ValueError when none gives it); without it `z` is at
+  the output size. A decoder that grows a small tensor (dcgan, deep_decoder,
+  convdecoder) defines it;
+- `min_size`: the smallest output height/width (default `size_multiple`);
+- `torch_param_count_extra()`: parameters the original PyTorch net counts
+  that dip_jax keeps fixed (default 0).
+The module is built as `Module(config)`; `init(key, z)` gives {'params'[,
+'batch_stats']} and `apply(variables, z, mutable=['batch_stats'])` returns
+`(image, updates)`. Parameters are plain pytrees, so
+`jax.vmap(module.init)(keys, zs)` makes a stack of independent nets.
+
+A generator written in one file of its own (library or user code) registers
+itself when imported: every module of this package is imported with it, and
+`add_preset(name, config)` names a config for `preset(name)` and the CLI's
+`--net`. Loading the original's PyTorch weights (module order, constructor
+arguments) is `dip_jax.convert`'s business, not the registry's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import importlib
+import pkgutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dip_jax.nets import skip as _skip
-from dip_jax.nets.skip import Skip, SkipConfig, skip_config
-
-_REGISTRY: dict[str, tuple[type, type, Any, Any]] = {
-    "skip": (SkipConfig, Skip, _skip.torch_module_order, skip_config),
-}
+_REGISTRY: dict[str, tuple[type, type]] = {}
 
 
-def register(kind: str, config_cls: type, module_cls: type, torch_order, from_kwargs) -> None:
-    """Add a generator family (used by the UNet / ResNet modules)."""
-    _REGISTRY[kind] = (config_cls, module_cls, torch_order, from_kwargs)
+def register(config_cls: type, module_cls: type | None = None):
+    """Make a generator family known: `register(MyConfig, MyNet)`, or `@register(MyConfig)` on `MyNet`.
+
+    Returns the module class (so it works as a decorator). Registering a kind
+    again replaces it only with a class of the same name from the same module
+    (a re-import); another family under a taken kind is a ValueError.
+    """
+
+    def add(module: type) -> type:
+        _check_generator(config_cls, module)
+        kind = config_cls.kind
+        if kind in _REGISTRY:
+            old = _REGISTRY[kind][0]
+            if (old.__module__, old.__qualname__) != (config_cls.__module__, config_cls.__qualname__):
+                raise ValueError(
+                    f"generator kind {kind!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                    f"give {config_cls.__qualname__} another `kind`"
+                )
+        _REGISTRY[kind] = (config_cls, module)
+        return module
+
+    return add if module_cls is None else add(module_cls)
+
+
+def _check_generator(config_cls, module_cls) -> None:
+    name = getattr(config_cls, "__qualname__", repr(config_cls))
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise ValueError(f"{name} must be a dataclass (the generator's config); decorate it with @dataclasses.dataclass(frozen=True)")
+    kind = getattr(config_cls, "kind", None)
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"{name} needs a class attribute `kind = 'name'` naming its generator family")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    missing = [f for f in ("num_input_channels", "num_output_channels") if f not in fields]
+    if missing:
+        raise ValueError(f"{name} needs the fields {missing} (channels of the net input z and of the image)")
+    if not hasattr(config_cls, "size_multiple"):
+        raise ValueError(f"{name} needs `size_multiple` (H and W must be multiples of it; 1 for any size)")
+    if not (isinstance(module_cls, type) and issubclass(module_cls, nn.Module)):
+        raise ValueError(f"register {name} with a flax.linen.Module class built as Module(config), got {module_cls!r}")
+
+
+def kinds() -> list[str]:
+    """The registered generator families."""
+    return sorted(_REGISTRY)
 
 
 def _entry(config) -> tuple:
     kind = getattr(config, "kind", None)
-    if kind not in _REGISTRY:
-        raise ValueError(f"{type(config).__name__} is not a generator config; use one of {sorted(_REGISTRY)}")
+    if kind not in _REGISTRY or not isinstance(config, _REGISTRY[kind][0]):
+        raise ValueError(
+            f"{type(config).__name__} is not a registered generator config; use one of {kinds()} "
+            "or register it with dip_jax.nets.register(ConfigClass, ModuleClass)"
+        )
     return _REGISTRY[kind]
 
 
 def build_generator(config) -> nn.Module:
     return _entry(config)[1](config)
-
-
-def torch_module_order(config) -> list[tuple[str, str]]:
-    return _entry(config)[2](config)
-
-
-def config_from_original(original: dict):
-    """Config from the original's constructor arguments plus a 'kind' key."""
-    original = dict(original)
-    kind = original.pop("kind", "skip")
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown generator kind {kind!r}; use one of {sorted(_REGISTRY)}")
-    return _REGISTRY[kind][3](**original)
 
 
 def input_size(config, height: int, width: int) -> tuple[int, int]:
@@ -98,7 +137,8 @@ def count_params(config, *, convention: str = "original") -> int:
     leaves = jax.tree_util.tree_leaves(init_shapes(config).get("params", {}))
     n = sum(_prod(leaf.shape) for leaf in leaves)
     if convention == "original":
-        n += config.torch_param_count_extra()
+        extra = getattr(config, "torch_param_count_extra", None)
+        n += int(extra()) if extra is not None else 0
     return n
 
 
@@ -132,23 +172,37 @@ def replace(config, **changes):
 
 
 __all__ = [
+    "PRESETS",
     "Skip",
     "SkipConfig",
+    "add_preset",
     "build_generator",
     "check_input_size",
-    "config_from_original",
     "count_params",
     "init_shapes",
     "input_size",
+    "kinds",
     "min_size",
+    "narrow",
+    "preset",
     "register",
     "skip_config",
-    "torch_module_order",
 ]
 
-from dip_jax.nets.presets import PRESETS, narrow, preset  # noqa: E402
-from dip_jax.nets import dcgan, resnet, texture_nets, unet  # noqa: E402,F401  (registers them)
+from dip_jax.nets.presets import PRESETS, add_preset, narrow, preset  # noqa: E402
+
+
+def _import_generators() -> None:
+    """Import every module of this package: each generator file registers itself (and its presets)."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_generators()
+
 from dip_jax.nets.dcgan import DCGANConfig  # noqa: E402
 from dip_jax.nets.resnet import ResNetConfig  # noqa: E402
+from dip_jax.nets.skip import Skip, SkipConfig, skip_config  # noqa: E402
 from dip_jax.nets.texture_nets import TextureNetsConfig  # noqa: E402
 from dip_jax.nets.unet import UNetConfig  # noqa: E402

@@ -17,7 +17,7 @@ Architecture (C = ndf), no conv has a bias:
 - `out_conv`, x2: ConvTranspose2d(C -> out, 4x4, stride 2, padding 1), or
   bilinear x2 upsampling (whatever `upsample_mode` says) and a 3x3 conv;
   then sigmoid if `need_sigmoid`.
-`torch_module_order` lists the modules in the order of the original's `state_dict()`.
+Loading the original's weights: `dip_jax.convert` (it knows the original's module order).
 """
 
 from __future__ import annotations
@@ -133,16 +133,6 @@ class DCGAN(nn.Module):
         return jax.nn.sigmoid(x) if cfg.need_sigmoid else x
 
 
-def torch_module_order(cfg: DCGANConfig) -> list[tuple[str, str]]:
-    """(dip_jax module path, kind) in the order of the original's state_dict (one nn.Sequential)."""
-    up = "deconv" if cfg.need_convT else "conv"
-    order = [("in_deconv", "deconv"), ("in_bn", "bn")]
-    for i in range(cfg.num_ups - 3):
-        order += [(f"up{i}", up), (f"up{i}_bn", "bn")]
-    order.append(("out_conv", up))
-    return order
-
-
 def dcgan_config(**kwargs) -> DCGANConfig:
     """A DCGANConfig from `dcgan`'s keyword arguments (`inp` or `num_input_channels`)."""
     kwargs = dict(kwargs)
@@ -160,10 +150,6 @@ def dcgan_config(**kwargs) -> DCGANConfig:
     return DCGANConfig(**kwargs)
 
 
-def _register() -> None:
-    from dip_jax import nets
+from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
 
-    nets.register("dcgan", DCGANConfig, DCGAN, torch_module_order, dcgan_config)
-
-
-_register()
+nets.register(DCGANConfig, DCGAN)

@@ -2,13 +2,16 @@
 
 `preset(name, *, num_input_channels=None, num_output_channels=None)` returns the
 config; channel counts default to the notebook's. `PRESETS` lists the names.
-Each entry cites the notebook whose `skip(...)` call it reproduces (or, for the
-generators no notebook uses, the original call it builds).
+Each entry here cites the notebook whose `skip(...)` call it reproduces (or, for
+the generators no notebook uses, the original call it builds). A generator
+file adds its own presets with `add_preset(name, config)` (the CLI's `--net`
+offers every name in `PRESETS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from dip_jax.nets.dcgan import DCGANConfig
 from dip_jax.nets.skip import SkipConfig
@@ -17,7 +20,7 @@ from dip_jax.nets.texture_nets import TextureNetsConfig
 _128x5 = (128, 128, 128, 128, 128)
 _DEPTH6 = (16, 32, 64, 128, 128, 128)
 
-PRESETS: dict[str, SkipConfig | TextureNetsConfig | DCGANConfig] = {
+PRESETS: dict[str, Any] = {
     # denoising.ipynb (F16), super-resolution.ipynb, restoration 50% (1 output channel there).
     "default": SkipConfig(),
     # denoising.ipynb, snail.jpg (JPEG artifacts): 3-channel noise input.
@@ -88,6 +91,18 @@ PRESETS: dict[str, SkipConfig | TextureNetsConfig | DCGANConfig] = {
     # transposed convolutions, identity "activations", see DCGANConfig). No notebook uses it.
     "dcgan": DCGANConfig(),
 }
+
+
+def add_preset(name: str, config) -> None:
+    """Name a generator config for `preset(name)` and the CLI's `--net` (a generator file calls it)."""
+    from dip_jax import nets
+
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise ValueError(f"a preset name is a non-empty string without surrounding spaces, got {name!r}")
+    nets.build_generator(config)  # ValueError unless its kind is registered
+    if name in PRESETS and PRESETS[name] != config:
+        raise ValueError(f"preset {name!r} already names {PRESETS[name]!r}; choose another name")
+    PRESETS[name] = config
 
 
 def preset(name: str, *, num_input_channels: int | None = None, num_output_channels: int | None = None):

@@ -15,7 +15,7 @@ Architecture (C = num_channels):
 - `tail_conv`: conv 3x3 (C -> C, bias, zero pad) -> `tail_norm`.
 - `out_conv`: conv 3x3 (C -> out, bias, `pad`) -> sigmoid.
 Norms are affine (`BatchNorm2d`, or `InstanceNorm2d(affine=True)`).
-`torch_module_order` lists the modules in the order of the original's `state_dict()`.
+Loading the original's weights: `dip_jax.convert` (it knows the original's module order).
 """
 
 from __future__ import annotations
@@ -121,19 +121,6 @@ class ResNet(nn.Module):
         return jax.nn.sigmoid(x) if cfg.need_sigmoid else x
 
 
-def torch_module_order(cfg: ResNetConfig) -> list[tuple[str, str]]:
-    """(dip_jax module path, kind) in the order of the original's state_dict."""
-    norm_kind = "bn" if cfg.norm_layer == "BatchNorm2d" else "norm_affine"
-    order: list[tuple[str, str]] = [("head", "conv")]
-    for i in range(cfg.num_blocks):
-        order.extend([
-            (f"block{i}_conv1", "conv"), (f"block{i}_norm1", norm_kind),
-            (f"block{i}_conv2", "conv"), (f"block{i}_norm2", norm_kind),
-        ])
-    order.extend([("tail_conv", "conv"), ("tail_norm", norm_kind), ("out_conv", "conv")])
-    return order
-
-
 def resnet_config(**kwargs) -> ResNetConfig:
     """Build a ResNetConfig from the original's keyword arguments (as in the golden `config` JSON)."""
     names = {f.name for f in dataclasses.fields(ResNetConfig)}
@@ -143,10 +130,6 @@ def resnet_config(**kwargs) -> ResNetConfig:
     return ResNetConfig(**kwargs)
 
 
-def _register() -> None:
-    from dip_jax import nets
+from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
 
-    nets.register("resnet", ResNetConfig, ResNet, torch_module_order, resnet_config)
-
-
-_register()
+nets.register(ResNetConfig, ResNet)

@@ -9,8 +9,7 @@ sigmoid. `N` images share BatchNorm statistics, so fit one image per call and
 Module names follow the scale index `i`: `s{i}_skip_conv`, `s{i}_skip_bn` (the
 skip branch), `s{i}_down` (+ `_bn`), `s{i}_conv2` (+ `_bn`), `s{i}_join_bn`,
 `s{i}_up_conv` (+ `_bn`), `s{i}_up1x1` (+ `_bn`), and `out_conv`.
-`torch_module_order` lists them in the order of the original's `state_dict()`,
-which is how `dip_jax.convert` maps weights.
+`dip_jax.convert` knows their order in the original's `state_dict()`.
 """
 
 from __future__ import annotations
@@ -177,33 +176,6 @@ class Skip(nn.Module):
         return jax.nn.sigmoid(y) if cfg.need_sigmoid else y
 
 
-def torch_module_order(cfg: SkipConfig) -> list[tuple[str, str]]:
-    """(dip_jax module path, kind) in the order of the original's state_dict.
-
-    kind is 'conv' (weight[, bias]), 'bn' (weight, bias, running stats) or
-    'lanczos' (the original's in-net Downsampler conv, weight + bias).
-    Paths are '/'-joined submodule names inside the `params` collection.
-    """
-    order: list[tuple[str, str]] = []
-
-    def scale(i: int) -> None:
-        if cfg.num_channels_skip[i] > 0:
-            order.extend([(f"s{i}_skip_conv", "conv"), (f"s{i}_skip_bn", "bn")])
-        order.append((f"s{i}_down/conv", "conv"))
-        if cfg.downsample_modes[i] in ("lanczos2", "lanczos3"):
-            order.append((f"s{i}_down", "lanczos"))
-        order.extend([(f"s{i}_down_bn", "bn"), (f"s{i}_conv2", "conv"), (f"s{i}_conv2_bn", "bn")])
-        if i + 1 < cfg.num_scales:
-            scale(i + 1)
-        order.extend([(f"s{i}_join_bn", "bn"), (f"s{i}_up_conv", "conv"), (f"s{i}_up_conv_bn", "bn")])
-        if cfg.need1x1_up:
-            order.extend([(f"s{i}_up1x1", "conv"), (f"s{i}_up1x1_bn", "bn")])
-
-    scale(0)
-    order.append(("out_conv", "conv"))
-    return order
-
-
 def skip_config(**kwargs) -> SkipConfig:
     """Build a SkipConfig from the original's keyword arguments (lists accepted)."""
     names = {f.name for f in dataclasses.fields(SkipConfig)}
@@ -212,3 +184,7 @@ def skip_config(**kwargs) -> SkipConfig:
         raise ValueError(f"unknown skip() arguments {unknown}; valid ones are {sorted(names)}")
     return SkipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
+
+from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
+
+nets.register(SkipConfig, Skip)

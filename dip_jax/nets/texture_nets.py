@@ -18,7 +18,7 @@ the previous), a multi-scale network that sees the input at every scale:
   conv/BN/act layers at that width.
 - `out_conv`: conv 1x1 to num_output_channels, then sigmoid if `need_sigmoid`.
 Every conv has a bias and uses `pad` (a 1x1 conv pads by 0).
-`torch_module_order` lists the modules in the order of the original's `state_dict()`.
+Loading the original's weights: `dip_jax.convert` (it knows the original's module order).
 """
 
 from __future__ import annotations
@@ -145,26 +145,6 @@ class TextureNets(nn.Module):
         return jax.nn.sigmoid(out) if cfg.need_sigmoid else out
 
 
-def torch_module_order(cfg: TextureNetsConfig) -> list[tuple[str, str]]:
-    """(dip_jax module path, kind) in the order of the original's state_dict.
-
-    The original nests the coarser path inside each finer `Concat` and appends
-    each merge BatchNorm to the end of the sequence it normalises, so the
-    order is: branch0, carry1's BN, then per scale the branch, its merge BN,
-    the join, and the next carry's BN (or, last, the output conv).
-    """
-
-    def block(path: str) -> list[tuple[str, str]]:
-        return [entry for k in (1, 2, 3) for entry in ((f"{path}/conv{k}", "conv"), (f"{path}/bn{k}", "bn"))]
-
-    n = len(cfg.ratios)
-    order = block("branch0") + [("carry1_merge_bn", "bn")]
-    for i in range(1, n):
-        order += block(f"branch{i}") + [(f"branch{i}_merge_bn", "bn")] + block(f"join{i}")
-        order.append((f"carry{i + 1}_merge_bn", "bn") if i < n - 1 else ("out_conv", "conv"))
-    return order
-
-
 def texture_nets_config(**kwargs) -> TextureNetsConfig:
     """A TextureNetsConfig from `get_texture_nets`' keyword arguments (`inp` or `num_input_channels`)."""
     kwargs = dict(kwargs)
@@ -179,10 +159,6 @@ def texture_nets_config(**kwargs) -> TextureNetsConfig:
     return TextureNetsConfig(**kwargs)
 
 
-def _register() -> None:
-    from dip_jax import nets
+from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
 
-    nets.register("texture_nets", TextureNetsConfig, TextureNets, torch_module_order, texture_nets_config)
-
-
-_register()
+nets.register(TextureNetsConfig, TextureNets)

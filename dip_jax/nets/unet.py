@@ -24,7 +24,7 @@ Module names: encoder blocks `start`, `down{1..4}`, `more_down{j}` (each with
 `conv1`, `norm1`, `conv2`, `norm2`); decoder blocks `more_up{j}`, `up{4..1}`
 (each with `up`, the transposed conv or the conv after upsampling, and
 `conv/conv1`, `conv/conv2`); `final`.
-`torch_module_order` lists them in the order of the original's `state_dict()`.
+Loading the original's weights: `dip_jax.convert` (it knows the original's module order).
 """
 
 from __future__ import annotations
@@ -254,34 +254,6 @@ class UNet(nn.Module):
         return jax.nn.sigmoid(y) if cfg.need_sigmoid else y
 
 
-def torch_module_order(cfg: UNetConfig) -> list[tuple[str, str]]:
-    """(dip_jax module path, kind) in the order of the original's state_dict.
-
-    The original registers start, down1..4, more_downs, more_ups, up4..up1,
-    final. InstanceNorm2d (affine=False) holds no weights and is not listed.
-    """
-    order: list[tuple[str, str]] = []
-
-    def conv2(path: str, norm_layer: str | None) -> None:
-        for i in (1, 2):
-            order.append((f"{path}/conv{i}", "conv"))
-            if norm_layer == "BatchNorm2d":
-                order.append((f"{path}/norm{i}", "bn"))
-
-    def up(path: str) -> None:
-        order.append((f"{path}/up", "deconv" if cfg.upsample_mode == "deconv" else "conv"))
-        conv2(f"{path}/conv", None)
-
-    for name in ["start", "down1", "down2", "down3", "down4"] + [f"more_down{j}" for j in range(cfg.more_layers)]:
-        conv2(name, cfg.norm_layer)
-    for j in range(cfg.more_layers):
-        up(f"more_up{j}")
-    for i in (4, 3, 2, 1):
-        up(f"up{i}")
-    order.append(("final", "conv"))
-    return order
-
-
 def unet_config(**kwargs) -> UNetConfig:
     """Build a UNetConfig from the original's keyword arguments (as in the golden `config` JSON)."""
     names = {f.name for f in dataclasses.fields(UNetConfig)}
@@ -291,10 +263,6 @@ def unet_config(**kwargs) -> UNetConfig:
     return UNetConfig(**kwargs)
 
 
-def _register() -> None:
-    from dip_jax import nets
+from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
 
-    nets.register("unet", UNetConfig, UNet, torch_module_order, unet_config)
-
-
-_register()
+nets.register(UNetConfig, UNet)
