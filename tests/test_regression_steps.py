@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import platform
 
 import jax
 import numpy as np
@@ -176,6 +178,24 @@ def test_inputs_unchanged(name):
         np.testing.assert_allclose(made[k], inputs[k], rtol=0, atol=1e-6, err_msg=f"{name} {k}")
 
 
+def _platform_differs() -> str | None:
+    """Why this process cannot reproduce the fixture's rounding, or None.
+
+    Adam's first updates are ~lr * sign(gradient), so rounding-level changes
+    in near-zero gradients become O(lr) weight changes within a few steps
+    (measured: XLA's default optimisation level instead of level 0, or 128-bit
+    instead of 256-bit vectors, moves 10-step outputs by up to 0.15). The
+    fixture was computed on an x86-64 CPU with AVX2 under the suite's XLA_FLAGS.
+    """
+    if jax.default_backend() != "cpu":
+        return f"the fixture is from the CPU backend, this is {jax.default_backend()}"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the fixture is from an x86-64 CPU, this is {platform.machine()}"
+    if "--xla_backend_optimization_level=0" not in os.environ.get("XLA_FLAGS", ""):
+        return "the fixture was computed with XLA_FLAGS=--xla_backend_optimization_level=0 (tests/conftest.py)"
+    return None
+
+
 # 'auto' is 'map' on CPU, so the single-item cases already run under 'map'.
 SLOW_CASES = {"batch_map"}
 
@@ -184,6 +204,9 @@ SLOW_CASES = {"batch_map"}
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES]
 )
 def test_first_steps_unchanged(name):
+    reason = _platform_differs()
+    if reason:
+        pytest.skip(reason)
     inputs, expected = load_fixture(name)
     got = run_case(name, inputs)
     problems = compare(expected, got)
