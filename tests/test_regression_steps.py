@@ -24,7 +24,8 @@ import jax
 import numpy as np
 import pytest
 
-from dip_jax import engine, experiment, tasks
+from dip_jax import engine
+from dip_jax.app import fitting, observations, tasks
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "regression_steps.npz"
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
@@ -60,7 +61,7 @@ def case_task(name: str) -> tasks.TaskConfig:
 def make_inputs(name: str) -> dict[str, np.ndarray]:
     """The case's observation (and ground truth, mask) as a user makes them: `prepare_samples(..., quick=True)`."""
     task_name, images, masks = CASES[name][:3]
-    samples = experiment.prepare_samples(
+    samples = observations.prepare_samples(
         jax.random.key(INPUT_SEED), case_task(name),
         images=[str(DATA / f) for f in images],
         masks=None if masks is None else [str(DATA / f) for f in masks],
@@ -82,12 +83,12 @@ def run_case(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     key = jax.random.key(FIT_SEED)
     if how == "fit_samples":
         samples = [
-            experiment.Sample(name=f"image{i}", observation=inputs["observation"][i],
+            observations.Sample(name=f"image{i}", observation=inputs["observation"][i],
                               ground_truth=inputs["ground_truth"][i],
                               mask=None if "mask" not in inputs else inputs["mask"][i])
             for i in range(inputs["observation"].shape[0])
         ]
-        results = experiment.fit_samples(key, task, samples, restarts=restarts)
+        results = fitting.fit_samples(key, task, samples, restarts=restarts)
         out = {f"history/{k}": np.stack([r.history[k] for r in results], axis=1) for k in results[0].history}
         out["output"] = np.stack([r.outputs for r in results])
         out["restored"] = np.stack([r.per_restart for r in results])
@@ -158,10 +159,11 @@ def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list
 def test_fixture_records_its_settings():
     with np.load(FIXTURE, allow_pickle=False) as f:
         config = json.loads(str(f["config"]))
+    # `task_config` is the pre-redesign TaskConfig.to_dict(), kept for people to
+    # read; the redesign changes that schema, so it is not compared here.
     assert set(config["cases"]) == set(CASES)
     assert config["steps"] == STEPS
-    for name in CASES:
-        assert config["cases"][name]["task_config"] == case_task(name).to_dict(), name
+    assert all(config["cases"][name]["task_config"]["fit"]["num_steps"] == STEPS for name in CASES)
     # The guarded features really act within the fixture's steps.
     with np.load(FIXTURE, allow_pickle=False) as f:
         assert f["denoising_rollback_backtrack/num_backtracks"].sum() > 0
