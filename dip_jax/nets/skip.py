@@ -136,43 +136,42 @@ class Skip(nn.Module):
                 f"the net expects {cfg.num_input_channels} input channels but z has {z.shape[-1]}; "
                 "make the input with input_depth equal to num_input_channels"
             )
-        conv = lambda f, k, name, stride=1: layers.Conv(  # noqa: E731
-            f, k, stride, cfg.need_bias, cfg.pad, name=name
-        )
-        # deferred=True where a Conv comes next: it then keeps only the BatchNorm's
-        # input for the backward pass (layers.Normalized), which saves memory.
-        bn_act = lambda x, name, deferred=False: layers.BatchNorm(  # noqa: E731
-            act=cfg.act_fun, deferred=deferred, name=name
-        )(x)
+        conv = lambda f, k, name: layers.Conv(f, k, 1, cfg.need_bias, cfg.pad, name=name)  # noqa: E731
+        norm = lambda name, act=cfg.act_fun: layers.BatchNorm(act=act, name=name)  # noqa: E731
         k_down, k_up, up_modes, down_modes = (
             cfg.filter_sizes_down, cfg.filter_sizes_up, cfg.upsample_modes, cfg.downsample_modes,
         )
 
-        def scale(x: jax.Array, i: int) -> jax.Array:
+        def scale(x: jax.Array, i: int, then: tuple = ()) -> jax.Array:
+            """Scale `i` and the deeper ones; `then`: the layers after its output (as in the original's Sequential)."""
             branches = []
             if cfg.num_channels_skip[i] > 0:
-                s = conv(cfg.num_channels_skip[i], cfg.filter_skip_size, f"s{i}_skip_conv")(x)
-                branches.append(bn_act(s, f"s{i}_skip_bn"))
-            d = layers.DownConv(
-                cfg.num_channels_down[i], k_down[i], cfg.need_bias, cfg.pad, down_modes[i],
-                cfg.train_lanczos, name=f"s{i}_down",
-            )(x)
-            d = bn_act(d, f"s{i}_down_bn", deferred=True)
-            d = conv(cfg.num_channels_down[i], k_down[i], f"s{i}_conv2")(d)
-            d = bn_act(d, f"s{i}_conv2_bn")
+                skip = layers.chain(
+                    conv(cfg.num_channels_skip[i], cfg.filter_skip_size, f"s{i}_skip_conv"), norm(f"s{i}_skip_bn"),
+                )
+                branches.append(skip(x))
+            down = layers.chain(
+                layers.DownConv(
+                    cfg.num_channels_down[i], k_down[i], cfg.need_bias, cfg.pad, down_modes[i],
+                    cfg.train_lanczos, name=f"s{i}_down",
+                ),
+                norm(f"s{i}_down_bn"),
+                conv(cfg.num_channels_down[i], k_down[i], f"s{i}_conv2"),
+                norm(f"s{i}_conv2_bn"),
+            )
+            d = down(x)
             if i + 1 < cfg.num_scales:
                 d = scale(d, i + 1)
             branches.append(layers.upsample2x(d, up_modes[i]))
             y = jnp.concatenate(layers.center_crop_to(branches), axis=-1) if len(branches) > 1 else branches[0]
-            y = layers.BatchNorm(deferred=True, name=f"s{i}_join_bn")(y)
-            # Scale 0's output goes straight into out_conv; deeper ones are upsampled first.
-            y = bn_act(conv(cfg.num_channels_up[i], k_up[i], f"s{i}_up_conv")(y), f"s{i}_up_conv_bn",
-                       deferred=cfg.need1x1_up or i == 0)
+            up = [norm(f"s{i}_join_bn", act="none"), conv(cfg.num_channels_up[i], k_up[i], f"s{i}_up_conv"),
+                  norm(f"s{i}_up_conv_bn")]
             if cfg.need1x1_up:
-                y = bn_act(conv(cfg.num_channels_up[i], 1, f"s{i}_up1x1")(y), f"s{i}_up1x1_bn", deferred=i == 0)
-            return y
+                up += [conv(cfg.num_channels_up[i], 1, f"s{i}_up1x1"), norm(f"s{i}_up1x1_bn")]
+            return layers.chain(*up, *then)(y)
 
-        y = conv(cfg.num_output_channels, 1, "out_conv")(scale(z, 0))
+        # The original appends the output conv to scale 0's Sequential.
+        y = scale(z, 0, then=(conv(cfg.num_output_channels, 1, "out_conv"),))
         return jax.nn.sigmoid(y) if cfg.need_sigmoid else y
 
 
