@@ -11,13 +11,13 @@ values are fitted in one batched call. Needs --weights (see
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {"conv4": "activation_maximization", "fc8": "activation_maximization_fc8"}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["activation_maximization"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="conv4", description=__doc__)
+    return cli.script_main("activation_maximization", argv, description=__doc__)
 
 
 if __name__ == "__main__":

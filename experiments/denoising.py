@@ -8,13 +8,13 @@
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {"sigma25": "denoising", "sigma50": "denoising_sigma50", "real": "denoising_real"}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["denoising"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="sigma25", description=__doc__)
+    return cli.script_main("denoising", argv, description=__doc__)
 
 
 if __name__ == "__main__":

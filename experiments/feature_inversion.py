@@ -9,12 +9,13 @@ Needs pretrained AlexNet weights (--weights FILE, torchvision layout); see
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
+
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["feature_inversion"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants={"alexnet_fc6": "feature_inversion"}, default_variant="alexnet_fc6",
-                           description=__doc__)
+    return cli.script_main("feature_inversion", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
+
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["flash_no_flash"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants={"cave": "flash_no_flash"}, default_variant="cave", description=__doc__)
+    return cli.script_main("flash_no_flash", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
+
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["jpeg"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants={"snail": "jpeg"}, default_variant="snail", description=__doc__)
+    return cli.script_main("jpeg", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,13 @@ the UNet or the ResNet.
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {
-    "vase": "large_hole_vase",
-    "library": "large_hole_library",
-    "library_unet": "large_hole_library_unet",
-    "library_resnet": "large_hole_library_resnet",
-}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["large_hole"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="vase", description=__doc__)
+    return cli.script_main("large_hole", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ kate with 98% missing.
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {"50": "restoration_50", "98": "restoration_98"}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["restoration"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="50", description=__doc__)
+    return cli.script_main("restoration", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from dip_jax import experiment
+from dip_jax.app import runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_all.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
-        (out / "report.md").write_text(experiment.report([out]))
+        (out / "report.md").write_text(runs.report([out]))
     except ValueError as err:
         print(f"run_all: no report: {err}", file=sys.stderr)
     return 0 if all(s["status"] != "failed" for s in summary.values()) else 1

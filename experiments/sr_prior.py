@@ -7,18 +7,13 @@ a TV prior, and the deep image prior, on the same image.
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {
-    "all": ("sr_prior_none", "sr_prior_tv", "sr_prior_deep"),
-    "none": "sr_prior_none",
-    "tv": "sr_prior_tv",
-    "deep": "sr_prior_deep",
-}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["sr_prior"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="all", description=__doc__)
+    return cli.script_main("sr_prior", argv, description=__doc__)
 
 
 if __name__ == "__main__":

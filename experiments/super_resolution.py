@@ -11,13 +11,13 @@ paper's protocol) are written to metrics.json.
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
 
-VARIANTS = {"x4": "sr_x4", "x8": "sr_x8"}
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["super_resolution"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants=VARIANTS, default_variant="x4", description=__doc__)
+    return cli.script_main("super_resolution", argv, description=__doc__)
 
 
 if __name__ == "__main__":

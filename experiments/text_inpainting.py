@@ -6,11 +6,13 @@
 
 import sys
 
-from dip_jax import experiment
+from dip_jax.app import cli, experiments
+
+VARIANTS, DEFAULT_VARIANT = experiments.EXPERIMENTS["text_inpainting"]
 
 
 def main(argv=None) -> int:
-    return experiment.main(argv, variants={"kate": "text_inpainting"}, default_variant="kate", description=__doc__)
+    return cli.script_main("text_inpainting", argv, description=__doc__)
 
 
 if __name__ == "__main__":

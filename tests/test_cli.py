@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dip_jax import cli, io
+from dip_jax import io
+from dip_jax.app import cli, commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -57,7 +58,7 @@ def images(tmp_path_factory) -> dict:
 
 def dip_jax(args, *, env, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "dip-jax"
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "dip_jax.cli"]
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "dip_jax.app.cli"]
     return subprocess.run(cmd + [str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -77,7 +78,7 @@ def _psnrs(line: str) -> tuple[float, float]:
 
 def test_console_script_is_declared():
     scripts = importlib.metadata.entry_points(group="console_scripts")
-    assert any(ep.name == "dip-jax" and ep.value == "dip_jax.cli:main" for ep in scripts)
+    assert any(ep.name == "dip-jax" and ep.value == "dip_jax.app.cli:main" for ep in scripts)
 
 
 def test_demo_quick_writes_its_folder_in_the_current_directory(tmp_path, env):
@@ -135,7 +136,7 @@ def test_batch_restores_a_folder_of_four_in_two_size_groups(tmp_path, env, image
 
 def test_batch_groups_by_size_and_tops_up_the_last_chunk(tmp_path, monkeypatch, capsys, no_cache):
     """How batch cuts a folder into compiled calls (the fit itself is replaced by the identity)."""
-    from dip_jax import experiment
+    from dip_jax.app import fitting
 
     folder = tmp_path / "in"
     rng = np.random.default_rng(0)
@@ -146,12 +147,12 @@ def test_batch_groups_by_size_and_tops_up_the_last_chunk(tmp_path, monkeypatch, 
 
     def fake_fit(key, task, samples, *, restarts=1, progress=False, **long_run_options):
         calls.append((task.net.num_output_channels, [s.name for s in samples]))
-        return [experiment.SampleResult(restored=s.observation, per_restart=s.observation[None],
+        return [fitting.SampleResult(restored=s.observation, per_restart=s.observation[None],
                                         outputs=s.observation[None], history={}, seconds=0.0,
                                         images_in_call=len(samples), num_backtracks=np.zeros(1))
                 for s in samples]
 
-    monkeypatch.setattr(experiment, "fit_samples", fake_fit)
+    monkeypatch.setattr(fitting, "fit_samples", fake_fit)
     assert cli.main(["batch", str(folder), "--batch-size", "2", "--out", str(tmp_path / "out"), "--quick"]) == 0
     assert calls == [(3, ["a0", "a1"]), (3, ["a2", "a3"]), (3, ["a4", "a4"]), (1, ["b"])]
     assert "6 images in 2 size group(s)" in capsys.readouterr().out
@@ -252,12 +253,12 @@ def test_report_command(tmp_path, capsys):
 
 
 def test_demo_task_quick_is_the_denoise_quick_problem():
-    from dip_jax import tasks
+    from dip_jax.app import tasks
 
-    quick = cli.demo_task(quick=True)
+    quick = commands.demo_task(quick=True)
     assert quick.net == tasks.task("denoising").quick_variant().net
     assert quick.fit == tasks.task("denoising").quick_variant().fit
-    assert cli.demo_task(steps=7).fit.num_steps == 7
+    assert commands.demo_task(steps=7).fit.num_steps == 7
 
 
 # --------------------------------------------------------------------------- slow

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dip_jax import cli, engine, io
+from dip_jax import engine, io
+from dip_jax.app import batch, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def test_batch_resumes_the_interrupted_call_and_keeps_the_finished_one(tmp_path,
     interrupt.disarm()
     assert "interrupted after step 20 of 60" in capsys.readouterr().err
     assert (out / "a.png").is_file() and (out / "b.partial.png").is_file() and not (out / "b.png").exists()
-    assert not (out / cli.BATCH_MARKER).exists()
+    assert not (out / batch.BATCH_MARKER).exists()
     assert (out / "ckpt-0.npz").is_file() and (out / "ckpt-1.npz").is_file()
 
     assert "already exists" in _one_line_error(capsys, run)
@@ -128,19 +129,19 @@ def test_batch_resumes_the_interrupted_call_and_keeps_the_finished_one(tmp_path,
     assert "a.png (finished earlier, kept)" in capsys.readouterr().out
     for name in ("a.png", "b.png"):
         np.testing.assert_array_equal(io.load_image(out / name).image, io.load_image(tmp_path / "ref" / name).image)
-    summary = json.loads((out / cli.BATCH_MARKER).read_text())
+    summary = json.loads((out / batch.BATCH_MARKER).read_text())
     assert [e["image"] for e in summary["images"]] == ["a.png", "b.png"]
     assert summary["images"][1]["num_rollbacks"] == [0]
     assert "finished run" in _one_line_error(capsys, run + ["--resume"])
 
 
 def test_demo_refuses_finished_and_unfinished_folders_before_fitting(tmp_path, capsys, monkeypatch):
-    from dip_jax import experiment
+    from dip_jax.app import fitting
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the refusal must come before any fitting")
 
-    monkeypatch.setattr(experiment, "fit_samples", no_fit)
+    monkeypatch.setattr(fitting, "fit_samples", no_fit)
     finished, unfinished = tmp_path / "finished", tmp_path / "unfinished"
     finished.mkdir()
     (finished / "metrics.json").write_text("{}")
@@ -167,10 +168,8 @@ def test_resume_and_overwrite_exclude_each_other(capsys):
 
 
 def test_experiment_scripts_guard_unfinished_checkpoints(tmp_path, capsys):
-    from dip_jax import experiment
-
     def run(*extra):
-        return experiment.main(["--quick", "--data", "none", "--out", str(tmp_path), *extra],
+        return cli.experiment_main(["--quick", "--data", "none", "--out", str(tmp_path), *extra],
                                variants={"x": "denoising"}, default_variant="x", description="", prog="exp")
 
     assert run("--checkpoint-every", "0") == 2

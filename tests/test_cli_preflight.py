@@ -15,7 +15,8 @@ import stat
 import numpy as np
 import pytest
 
-from dip_jax import checkpoint, cli, experiment, io, memory, sample_images
+from dip_jax import checkpoint, io, memory, sample_images
+from dip_jax.app import cli, fitting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data")
@@ -35,12 +36,12 @@ def no_fit(monkeypatch):
     def refuse(*args, **kwargs):
         raise _Fitted("a fit was started before the command refused")
 
-    monkeypatch.setattr(experiment, "fit_samples", refuse)
+    monkeypatch.setattr(fitting, "fit_samples", refuse)
     monkeypatch.setenv("DIP_JAX_COMPILE_CACHE", "0")
 
 
 def _identity_fit(key, task, samples, *, restarts=1, progress=False, **long_run_options):
-    return [experiment.SampleResult(restored=s.observation, per_restart=s.observation[None],
+    return [fitting.SampleResult(restored=s.observation, per_restart=s.observation[None],
                                     outputs=s.observation[None], history={"loss": np.zeros((1, 1))}, seconds=0.0,
                                     images_in_call=len(samples), num_backtracks=np.zeros(1))
             for s in samples]
@@ -48,7 +49,7 @@ def _identity_fit(key, task, samples, *, restarts=1, progress=False, **long_run_
 
 @pytest.fixture
 def identity_fit(monkeypatch):
-    monkeypatch.setattr(experiment, "fit_samples", _identity_fit)
+    monkeypatch.setattr(fitting, "fit_samples", _identity_fit)
     monkeypatch.setenv("DIP_JAX_COMPILE_CACHE", "0")
 
 
@@ -224,7 +225,7 @@ def test_a_batch_that_does_not_fit_is_refused_before_the_first_call_and_names_th
     io.save_image(folder / "small.png", np.zeros((16, 16, 3), np.float32))
     io.save_image(folder / "huge.png", np.zeros((64, 64, 3), np.float32))
     calls = []
-    monkeypatch.setattr(experiment, "fit_samples", lambda *a, **k: calls.append(a) or _identity_fit(*a, **k))
+    monkeypatch.setattr(fitting, "fit_samples", lambda *a, **k: calls.append(a) or _identity_fit(*a, **k))
     monkeypatch.setenv("DIP_JAX_COMPILE_CACHE", "0")
     real = memory.estimate_fit
 
@@ -328,7 +329,7 @@ def test_experiment_scripts_refuse_in_one_line(argv, named, files, tmp_path, cap
     monkeypatch.chdir(tmp_path)
     argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
     try:
-        code = experiment.main(argv, variants={"default": "denoising"}, default_variant="default",
+        code = cli.experiment_main(argv, variants={"default": "denoising"}, default_variant="default",
                                description="denoising", prog="denoising.py")
     except SystemExit as stop:
         code = stop.code

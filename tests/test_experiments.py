@@ -1,4 +1,4 @@
-"""The paper's tasks (dip_jax.tasks), the experiment library (dip_jax.experiment) and experiments/*.py.
+"""The paper's tasks (dip_jax.app.tasks), the experiment pipeline (dip_jax.app) and experiments/*.py.
 
 Quick-mode experiments run through experiments/run_all.py in subprocesses,
 one per group of experiments (one test each, so pytest-xdist runs them side
@@ -23,7 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from dip_jax import experiment, io, nets, operators, tasks
+from dip_jax import io, nets, operators
+from dip_jax.app import observations, runs, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -157,7 +158,7 @@ def _check_report(out: Path) -> None:
     report_script = _load_script("report")
     target = out / "again.md"
     assert report_script.main([str(out), "--out", str(target)]) == 0
-    assert target.read_text() == experiment.report([out])
+    assert target.read_text() == runs.report([out])
 
 
 # --------------------------------------------------------------------------- fast: tasks and data, no fitting
@@ -169,9 +170,9 @@ def test_every_task_is_consistent_data():
         for variant in (task, task.quick_variant()):
             json.dumps(variant.to_dict())
             assert variant.net.num_output_channels == variant.channels
-            if variant.operator in ("features", "unit"):
-                size = variant.net_size
-                assert variant.classifier_input <= size
+            if variant.operator.kind in ("features", "unit"):
+                size = variant.operator.net_size
+                assert variant.operator.classifier_input <= size
             else:
                 size = variant.quick.size
             nets.check_input_size(variant.net, size, size)
@@ -192,12 +193,12 @@ def test_paper_settings_are_the_notebooks():
     assert (t["denoising"].fit.num_steps, t["denoising"].fit.reg_noise_std) == (3000, 1.0 / 30.0)
     assert t["denoising"].fit.ema_decay == 0.99 and t["denoising"].fit.backtrack
     assert t["denoising_sigma50"].fit.reg_noise_std == 1.0 / 20.0
-    assert (t["sr_x4"].fit.num_steps, t["sr_x4"].fit.reg_noise_std, t["sr_x4"].factor) == (2000, 0.03, 4)
-    assert (t["sr_x8"].fit.num_steps, t["sr_x8"].fit.reg_noise_std, t["sr_x8"].factor) == (4000, 0.05, 8)
+    assert (t["sr_x4"].fit.num_steps, t["sr_x4"].fit.reg_noise_std, t["sr_x4"].operator.factor) == (2000, 0.03, 4)
+    assert (t["sr_x8"].fit.num_steps, t["sr_x8"].fit.reg_noise_std, t["sr_x8"].operator.factor) == (4000, 0.05, 8)
     assert t["large_hole_vase"].fit.input_type == "meshgrid"
     assert t["large_hole_library_unet"].fit.learning_rate == 0.001
-    assert t["restoration_50"].net.num_output_channels == 1 and t["restoration_50"].keep_fraction == 0.5
-    assert (t["restoration_98"].fit.num_steps, t["restoration_98"].keep_fraction) == (1000, 0.02)
+    assert t["restoration_50"].net.num_output_channels == 1 and t["restoration_50"].operator.keep_fraction == 0.5
+    assert (t["restoration_98"].fit.num_steps, t["restoration_98"].operator.keep_fraction) == (1000, 0.02)
     assert (t["flash_no_flash"].fit.learning_rate, t["flash_no_flash"].fit.input_type) == (0.1, "image")
     assert t["sr_prior_tv"].fit.tv_weight == 1e-7 and t["sr_prior_none"].fit.tv_weight == 0
     assert nets.count_params(t["denoising"].net) == 2_217_831
@@ -207,31 +208,31 @@ def test_paper_settings_are_the_notebooks():
 def test_quick_inputs_of_every_task_without_the_original_data(name, monkeypatch):
     monkeypatch.setenv("DIP_DATA", "none")
     task = tasks.task(name).quick_variant()
-    (sample,) = experiment.prepare_samples(jax.random.key(0), task, quick=True)
+    (sample,) = observations.prepare_samples(jax.random.key(0), task, quick=True)
     size = task.quick.size
-    if task.operator == "unit":
-        assert sample.observation is None and sample.unit == task.unit
+    if task.operator.kind == "unit":
+        assert sample.observation is None and sample.unit == task.operator.unit
         return
-    if task.operator == "features":
-        assert sample.observation.shape == (task.classifier_input, task.classifier_input, 3)
+    if task.operator.kind == "features":
+        assert sample.observation.shape == (task.operator.classifier_input, task.operator.classifier_input, 3)
         return
     assert sample.source.startswith(("data:", "sample:"))
     obs, gt = sample.observation, sample.ground_truth
     assert obs.dtype == np.float32 and 0.0 <= obs.min() and obs.max() <= 1.0
     assert obs.shape[-1] == task.channels
-    if task.operator == "downsample":
+    if task.operator.kind == "downsample":
         assert gt.shape == (size, size, task.channels)
-        assert obs.shape == (size // task.factor, size // task.factor, task.channels)
+        assert obs.shape == (size // task.operator.factor, size // task.operator.factor, task.channels)
         assert set(sample.baselines) == {"bicubic", "nearest", "sharpened_bicubic"}
         assert all(b.shape == gt.shape for b in sample.baselines.values())
     else:
         assert obs.shape == (size, size, task.channels)
-    if task.operator in ("mask", "random_mask"):
+    if task.operator.kind in ("mask", "random_mask"):
         assert sample.mask.shape == (size, size, 1)
         assert 0.0 < sample.mask.mean() < 1.0
         np.testing.assert_array_equal(obs, gt * sample.mask)
-    if task.noise_sigma is not None:
-        assert gt is not None and 10 < experiment._psnr(obs, gt) < 30
+    if getattr(task.operator, "noise_sigma", None) is not None:
+        assert gt is not None and 10 < runs._psnr(obs, gt) < 30
     if task.has_image_input:
         assert sample.guide.shape == (size, size, task.net.num_input_channels)
 
@@ -239,14 +240,14 @@ def test_quick_inputs_of_every_task_without_the_original_data(name, monkeypatch)
 def test_default_images_come_from_the_original_data_folder(tmp_path):
     (tmp_path / "denoising").mkdir()
     io.save_image(tmp_path / "denoising" / "F16_GT.png", np.full((40, 36, 3), 0.5, np.float32))
-    (sample,) = experiment.prepare_samples(jax.random.key(0), tasks.task("denoising"), data=tmp_path)
+    (sample,) = observations.prepare_samples(jax.random.key(0), tasks.task("denoising"), data=tmp_path)
     assert sample.source == "dip:denoising/F16_GT.png" and sample.name == "F16_GT"
     assert sample.ground_truth.shape == (40, 36, 3)
 
 
 def test_a_missing_data_folder_is_an_error_not_a_silent_fallback(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
-        experiment.data_dir(tmp_path / "missing")
+        observations.data_dir(tmp_path / "missing")
 
 
 def test_given_images_and_masks(tmp_path):
@@ -255,35 +256,35 @@ def test_given_images_and_masks(tmp_path):
     mask[5:10, 5:10] = 0
     io.save_image(tmp_path / "a.png", image)
     io.save_image(tmp_path / "m.png", mask)
-    samples = experiment.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"),
+    samples = observations.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"),
                                          images=[str(tmp_path / "a.png")] * 2, masks=[str(tmp_path / "m.png")])
     assert [s.name for s in samples] == ["a", "a_2"]
     assert samples[0].mask[7, 7, 0] == 0 and samples[0].observation[7, 7].max() == 0
     with pytest.raises(ValueError, match="needs a mask"):
-        experiment.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"), images=[str(tmp_path / "a.png")])
+        observations.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"), images=[str(tmp_path / "a.png")])
     io.save_image(tmp_path / "small.png", mask[:10])
     with pytest.raises(io.ImageIOError):
-        experiment.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"),
+        observations.prepare_samples(jax.random.key(0), tasks.task("text_inpainting"),
                                    images=[str(tmp_path / "a.png")], masks=[str(tmp_path / "small.png")])
 
 
 def test_super_resolution_pair_follows_the_original():
     hr = np.random.default_rng(1).random((35, 42, 3)).astype(np.float32)
-    hr_c, lr, baselines = experiment.super_resolution_pair(hr, 4)
+    hr_c, lr, baselines = observations.super_resolution_pair(hr, 4)
     assert hr_c.shape == (32, 40, 3) and lr.shape == (8, 10, 3)
     # 8-bit values, as the original's PIL images.
     np.testing.assert_allclose(lr * 255, np.round(lr * 255), atol=1e-4)
     # Nearest upsampling repeats each LR pixel in a 4x4 block.
     np.testing.assert_allclose(baselines["nearest"][:4, :4], np.broadcast_to(lr[0, 0], (4, 4, 3)), atol=1e-6)
     with pytest.raises(ValueError, match="smaller than the super-resolution factor"):
-        experiment.super_resolution_pair(hr[:3], 4)
+        observations.super_resolution_pair(hr[:3], 4)
 
 
 def test_report_needs_runs(tmp_path):
     with pytest.raises(ValueError, match="no run folders"):
-        experiment.report([tmp_path])
+        runs.report([tmp_path])
     with pytest.raises(ValueError, match="does not exist"):
-        experiment.report([tmp_path / "nope"])
+        runs.report([tmp_path / "nope"])
 
 
 def test_classifier_tasks_without_weights_say_where_to_get_them(tmp_path, monkeypatch, capsys):
