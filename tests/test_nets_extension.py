@@ -48,7 +48,8 @@ class TinyUpsampler(nn.Module):
 
 def _image(size: int = 24) -> np.ndarray:
     ramp = np.linspace(0.1, 0.9, size, dtype=np.float32)
-    return np.stack([ramp[:, None] * ramp[None, :], ramp[:, None] * np.ones(size), 1 - ramp[None, :] * np.ones((size, 1))], -1)
+    rows, cols = ramp[:, None] * np.ones(size), ramp[None, :] * np.ones((size, 1))
+    return np.stack([rows * cols, rows, 1 - cols], -1)
 
 
 def test_a_generator_from_one_file_fits_through_the_engine():

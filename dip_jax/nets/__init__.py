@@ -66,7 +66,9 @@ def register(config_cls: type, module_cls: type | None = None):
 def _check_generator(config_cls, module_cls) -> None:
     name = getattr(config_cls, "__qualname__", repr(config_cls))
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
-        raise ValueError(f"{name} must be a dataclass (the generator's config); decorate it with @dataclasses.dataclass(frozen=True)")
+        raise ValueError(
+            f"{name} must be a dataclass (the generator's config); decorate it with @dataclasses.dataclass(frozen=True)"
+        )
     kind = getattr(config_cls, "kind", None)
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"{name} needs a class attribute `kind = 'name'` naming its generator family")
@@ -172,9 +174,13 @@ def replace(config, **changes):
 
 
 __all__ = [
+    "DCGANConfig",
     "PRESETS",
+    "ResNetConfig",
     "Skip",
     "SkipConfig",
+    "TextureNetsConfig",
+    "UNetConfig",
     "add_preset",
     "build_generator",
     "check_input_size",
