@@ -64,8 +64,14 @@ def _psnr_y(a: np.ndarray, b: np.ndarray) -> float:
     return float(metrics.psnr_y(jnp.asarray(a), jnp.asarray(b), border=border))
 
 
-class _ImageMeasurement:
-    """An image-space operator: samples are padded to what the net needs and the result cropped back."""
+class ImageMeasurement:
+    """An image-space measurement: samples are padded to what the net needs and the result cropped back.
+
+    A subclass (a frozen dataclass holding its settings) defines `kind`,
+    `observe` and `operator_inputs(group, pad, observation) -> (operator,
+    engine keyword arguments)`; `pad(array, mode, factor=1)` pads a sample's
+    array as the observation was ('reflect', or 'constant' for masks).
+    """
 
     kind: ClassVar[str]
     image_like: ClassVar[bool] = True
@@ -77,7 +83,7 @@ class _ImageMeasurement:
     def scale(self) -> int:
         return 1
 
-    def quick(self, settings) -> "_ImageMeasurement":
+    def quick(self, settings) -> "ImageMeasurement":
         return self
 
     def net_output_size(self, task, observation_hw: tuple[int, int]) -> tuple[int, int]:
@@ -117,7 +123,7 @@ class _ImageMeasurement:
 
 
 @dataclasses.dataclass(frozen=True)
-class Direct(_ImageMeasurement):
+class Direct(ImageMeasurement):
     """`y = x`: denoising (synthetic noise of `noise_sigma`, 0..255 units, or none), JPEG, flash/no-flash."""
 
     noise_sigma: float | None = None
@@ -135,7 +141,7 @@ class Direct(_ImageMeasurement):
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskFile(_ImageMeasurement):
+class MaskFile(ImageMeasurement):
     """`y = mask * x` with a given mask (inpainting)."""
 
     kind: ClassVar[str] = "mask"
@@ -174,7 +180,7 @@ class RandomMask(MaskFile):
 
 
 @dataclasses.dataclass(frozen=True)
-class Downsampling(_ImageMeasurement):
+class Downsampling(ImageMeasurement):
     """The original's super-resolution at `factor` with its downsampler's `kernel_type`.
 
     `baselines`: also make the bicubic / nearest / sharpened-bicubic upsamplings to compare with.
@@ -211,7 +217,7 @@ class Downsampling(_ImageMeasurement):
 
 
 @dataclasses.dataclass(frozen=True)
-class Blurring(_ImageMeasurement):
+class Blurring(ImageMeasurement):
     """`y = k * x` (deblurring, not in the original): a Gaussian of `blur_sigma` px unless a sample has its kernel."""
 
     blur_sigma: float = 2.0
