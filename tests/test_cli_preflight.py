@@ -337,3 +337,14 @@ def test_experiment_scripts_refuse_in_one_line(argv, named, files, tmp_path, cap
     assert code == 2 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("denoising.py: error: ") and named in last, err
+
+
+def test_experiment_command_refuses_in_one_line(tmp_path, capsys, monkeypatch, no_fit):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["experiment", "denoising", "--variant", "sigma99", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dip-jax: error: --variant 'sigma99'") and "sigma50" in err[0]
+    assert cli.main(["experiment", "denoising", "--quick", "--data", "none", "--out", str(tmp_path / "f.txt/x"),
+                     "--image", str(tmp_path / "missing.png")]) == 2
+    assert capsys.readouterr().err.startswith("dip-jax: error: ")
+    assert not any(tmp_path.iterdir())

@@ -6,7 +6,13 @@ Subcommands (each prints `dip-jax <command> --help`):
   `deblur IMAGE --kernel gauss:SIGMA|FILE`, `flash --flash F --no-flash G`: one image in, one out.
 - `batch DIR`: every image of a folder; images of one size go through one
   compiled, batched call (`--batch-size` at a time).
+- `experiment NAME [--variant V]`: one of the paper's experiments into run
+  folders OUT/TASK/IMAGE/ (`experiments/NAME.py` is the same command line,
+  `script_main`).
 - `report RUN_DIR...`: the markdown report of experiment run folders.
+
+This module only parses; the commands live in `commands`, `batch` and
+`experiments`, the checks before any work in `checks`.
 
 Files: greyscale, RGB and RGBA (the alpha channel is kept aside and put back,
 resized for super-resolution), 8- and 16-bit; the result is written at the
