@@ -166,7 +166,7 @@ def test_a_resume_may_extend_the_run_but_not_go_back(runs, tmp_path):
 
 
 def test_fit_samples_checks_every_groups_checkpoint_before_fitting(tmp_path, monkeypatch):
-    from dip_jax import experiment, tasks
+    from dip_jax.app import fitting, observations, tasks
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the refusal must come before any group is fitted")
@@ -174,16 +174,16 @@ def test_fit_samples_checks_every_groups_checkpoint_before_fitting(tmp_path, mon
     monkeypatch.setattr(engine, "fit", no_fit)
     task = tasks.task("denoising").quick_variant().with_steps(5)
     photo = np.full((16, 16, 3), 0.5, np.float32)
-    samples = [experiment.Sample(name="a", observation=photo),
-               experiment.Sample(name="b", observation=np.full((32, 16, 3), 0.5, np.float32))]
-    options = experiment.CheckpointOptions(tmp_path, resume=True)
+    samples = [observations.Sample(name="a", observation=photo),
+               observations.Sample(name="b", observation=np.full((32, 16, 3), 0.5, np.float32))]
+    options = fitting.CheckpointOptions(tmp_path, resume=True)
     # The second group's checkpoint is past the task's 5 steps; the first group has none.
     checkpoint.save_checkpoint(tmp_path / "ckpt-1.npz", state={"w": np.zeros(2, np.float32)}, step=9)
     with pytest.raises(checkpoint.CheckpointAheadError, match="ckpt-1.npz' is at step 9"):
-        experiment.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
+        fitting.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
     (tmp_path / "ckpt-1.npz").write_bytes(b"half a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="damaged"):
-        experiment.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
+        fitting.fit_samples(jax.random.key(0), task, samples, checkpoint=options)
 
 
 def _damaged_copies(source, tmp_path):

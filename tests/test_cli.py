@@ -1,4 +1,4 @@
-"""The `dip-jax` command (dip_jax.cli).
+"""The `dip-jax` command (dip_jax.app.cli).
 
 Commands that fit run as subprocesses of the installed console script, as a
 user would, all in --quick mode and sharing one session-wide XLA compilation

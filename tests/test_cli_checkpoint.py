@@ -1,4 +1,4 @@
-"""Long runs from the command line: --checkpoint-every, --resume, --overwrite, Ctrl-C (dip_jax.cli).
+"""Long runs from the command line: --checkpoint-every, --resume, --overwrite, Ctrl-C (dip_jax.app.cli).
 
 In-process (`cli.main`), so that a wrapper around `engine.fit` can send this
 process SIGINT after a chosen step, as a user's Ctrl-C would; tiny images,
