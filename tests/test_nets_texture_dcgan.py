@@ -14,6 +14,7 @@ from dip_jax import convert, engine, memory, nets
 from dip_jax.nets import dcgan, texture_nets
 from dip_jax.nets.dcgan import DCGANConfig
 from dip_jax.nets.texture_nets import TextureNetsConfig
+from dip_jax.runtime import compile as runtime_compile
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = ["texture_nets_default", "texture_nets_reflection_sigmoid", "dcgan_convT", "dcgan_upsample"]
@@ -26,8 +27,7 @@ def _apply(config, variables, z):
 
 def _run_once(fn):
     # Each of these forward passes runs once: unoptimised CPU code compiles ~2x faster.
-    on_cpu = jax.default_backend() == "cpu"
-    return jax.jit(fn, compiler_options=engine.CPU_RUN_ONCE_OPTIONS if on_cpu else None)
+    return runtime_compile.jit(fn, run_once=True)
 
 
 @pytest.mark.parametrize("name", FIXTURES)
