@@ -50,7 +50,7 @@ def photo() -> np.ndarray:
 
 def _start(args, env, log: Path) -> subprocess.Popen:
     script = Path(sys.executable).parent / "dip-jax"  # the installed console script, as a user runs it
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "dip_jax.cli"]
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "dip_jax.app.cli"]
     with open(log, "w") as f:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd + [str(a) for a in args], env=env, stdout=f, stderr=subprocess.STDOUT)
 
