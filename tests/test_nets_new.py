@@ -44,10 +44,10 @@ def _as_unet(config: AttentionUNetConfig) -> UNetConfig:
 
 
 def test_parameter_counts_match_the_formulas():
-    # The presets: the reference denoising notebook's decodernw(3, [128] * 4) is 5 layers of 128.
-    assert nets.count_params(nets.preset("deep_decoder")) == _deep_decoder_formula(128, 5, 3) == 83_584
-    six_layers = DeepDecoderConfig(num_channels=(128,) * 6)
-    assert nets.count_params(six_layers) == _deep_decoder_formula(128, 6, 3) == 100_224
+    # The presets: the reference denoising notebook's decodernw(3, [128] * 5) is d = 6 layers of 128.
+    assert nets.count_params(nets.preset("deep_decoder")) == _deep_decoder_formula(128, 6, 3) == 100_224
+    five_layers = DeepDecoderConfig(num_channels=(128,) * 5)
+    assert nets.count_params(five_layers) == _deep_decoder_formula(128, 5, 3) == 83_584
     grey = DeepDecoderConfig(num_input_channels=64, num_channels=(64,) * 3, num_output_channels=1)
     assert nets.count_params(grey) == _deep_decoder_formula(64, 3, 1)
     # deepinv's default ConvDecoder(img_size=(3, H, W), in_size=(4, 4), layers=7, channels=256).
@@ -88,8 +88,8 @@ def test_output_and_input_sizes(config, size, z_size):
 
 
 def test_size_errors_name_the_multiple():
-    with pytest.raises(ValueError, match="multiples of 16"):
-        nets.check_input_size(nets.preset("deep_decoder"), 40, 32)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        nets.check_input_size(nets.preset("deep_decoder"), 48, 32)
     with pytest.raises(ValueError, match="at least 64x64"):
         nets.check_input_size(nets.preset("convdecoder"), 32, 64)
     with pytest.raises(ValueError, match="num_channels"):
