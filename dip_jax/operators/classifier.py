@@ -4,7 +4,9 @@ Their observation is not an image (`image_like = False`). The classifier's
 parameters arrive as the engine's `shared` argument, `apply(x, args, shared)`,
 so they are an input of the compiled step rather than constants baked into it.
 Both look at the top-left `crop` x `crop` of the image, as the original's
-`[:imsize, :imsize]`.
+`[:imsize, :imsize]`. They define no `output_shape`: it depends on the
+classifier's parameters, which `validate` and `output_shape` do not receive
+(the engine checks an operator's output shape only where it is defined).
 """
 
 from __future__ import annotations
