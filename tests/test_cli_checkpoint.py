@@ -169,8 +169,12 @@ def test_resume_and_overwrite_exclude_each_other(capsys):
 
 def test_experiment_scripts_guard_unfinished_checkpoints(tmp_path, capsys):
     def run(*extra):
-        return cli.experiment_main(["--quick", "--data", "none", "--out", str(tmp_path), *extra],
-                               variants={"x": "denoising"}, default_variant="x", description="", prog="exp")
+        # The exit status, whether argparse exits (a bad option value) or main returns it.
+        try:
+            return cli.experiment_main(["--quick", "--data", "none", "--out", str(tmp_path), *extra],
+                                       variants={"x": "denoising"}, default_variant="x", description="", prog="exp")
+        except SystemExit as exit_info:
+            return exit_info.code
 
     assert run("--checkpoint-every", "0") == 2
     assert "--checkpoint-every" in capsys.readouterr().err
