@@ -1,11 +1,13 @@
 """Losses of the DIP fitting loop.
 
-Contract: inputs are float arrays of matching shape, images NHWC (N, H, W, C);
+Contract: data terms and `total_variation` take float arrays of matching shape, images NHWC (N, H, W, C);
 outputs are float32 scalars (sums/means over every element, batch included,
 as the original). Fit one image per call and `vmap` for per-image losses.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +50,17 @@ def total_variation(x: jax.Array, *, beta: float = 0.5) -> jax.Array:
     # Double `where`: the unused branch must not see 0 ** (beta - 1) either.
     powered = jnp.where(positive, jnp.where(positive, squared, 1.0) ** beta, 0.0)
     return jnp.sum(powered)
+
+
+@dataclasses.dataclass(frozen=True)
+class TotalVariation:
+    """TV of the network output as a regulariser of an objective (`dip_jax.fit.objective`).
+
+    A frozen dataclass rather than a closure: equal settings compare equal,
+    so fits with the same regularisers share one compiled program.
+    """
+
+    beta: float = 0.5
+
+    def __call__(self, terms) -> jax.Array:
+        return total_variation(terms.out, beta=self.beta)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dip_jax import checkpoint, engine, nets
+from dip_jax import engine, nets
+from dip_jax.runtime import checkpoint
+from dip_jax.fit import problem as problem_lib
 
 # The same tiny problem in every reliability test file (and test_engine's
 # map-mode batching test): one compiled chunk for all of them.
@@ -50,7 +52,7 @@ def runs(tmp_path_factory):
     interrupted_copy = directory / "interrupted.npz"
     interrupted_copy.write_bytes((directory / checkpoint.CHECKPOINT_NAME).read_bytes())
     # Other tests in this worker may compile the same problem for other shapes.
-    chunk = engine._chunk_fn(reference.problem)
+    chunk = problem_lib.chunk_fn(reference.problem)
     compiled_before_resume = chunk._cache_size()
     resumed = _fit(checkpoint_dir=directory, checkpoint_every=3, resume=True)
     return dict(reference=reference, stopped=stopped.value, resumed=resumed, directory=directory,
@@ -128,7 +130,7 @@ def test_checkpoints_land_on_multiples_of_every_and_keep_the_previous(runs):
 def test_resuming_does_not_recompile(runs):
     before, after = runs["compiled"]
     assert before >= 1 and after == before
-    assert engine._chunk_fn(runs["resumed"].problem) is engine._chunk_fn(runs["reference"].problem)
+    assert problem_lib.chunk_fn(runs["resumed"].problem) is problem_lib.chunk_fn(runs["reference"].problem)
 
 
 def test_resume_without_a_checkpoint_starts_fresh_and_an_existing_one_needs_resume(tmp_path, runs):

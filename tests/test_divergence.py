@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dip_jax import engine, nets
+from dip_jax.fit import problem as problem_lib
 
 # The same tiny problem as the other reliability tests: one compiled chunk.
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
@@ -67,7 +68,7 @@ def test_nan_in_one_item_rolls_it_back_and_leaves_the_others_alone(setup):
 def test_readout_falls_back_to_the_last_healthy_state(setup):
     problem, _, data, _, s2 = setup
     bad = s2._replace(params=_set_item(s2.params, 1, jnp.nan), out_avg=s2.out_avg.at[1].set(jnp.nan))
-    out, avg = engine._readout_fn(problem)(bad, data)
+    out, avg = problem_lib.readout_fn(problem)(bad, data)
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(avg))
     healthy = s2._replace(params=s2.good.params, batch_stats=s2.good.batch_stats, z=s2.good.z)
     np.testing.assert_allclose(np.asarray(out)[1, 0], engine.readout(problem, healthy, data)[1], atol=1e-6)

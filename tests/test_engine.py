@@ -9,6 +9,9 @@ import optax
 import pytest
 
 from dip_jax import engine, metrics, nets, operators
+from dip_jax.fit import api
+from dip_jax.fit import problem as problem_lib
+from dip_jax.runtime import compile as runtime_compile
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
 FAST = engine.FitConfig(num_steps=4, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2)
@@ -84,7 +87,7 @@ def test_restarts_are_independent_and_shaped():
 def test_second_chunk_does_not_recompile():
     cfg = dataclasses.replace(FAST, num_steps=7, chunk_size=3)  # 3 chunks, the last one partial
     r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
-    fn = engine._chunk_fn(r.problem)
+    fn = problem_lib.chunk_fn(r.problem)
     assert fn._cache_size() == 1
     assert r.history["loss"].shape[0] == 7
     assert int(r.state.step[0]) == 7
@@ -198,9 +201,9 @@ def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
 
 def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeypatch):
     problem, kept, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
-    init = engine._init_fn(engine._init_key(problem), (16, 16), False, False)
+    init = problem_lib.init_fn(problem_lib.init_key(problem), (16, 16), False, False)
     assert init._cache_size() >= 1  # other tests may have compiled it for other batch sizes
-    monkeypatch.setattr(engine, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
+    monkeypatch.setattr(api, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
     _, released, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
     assert init._cache_size() == 0
 
@@ -254,30 +257,30 @@ def test_errors_name_the_problem():
 
 def test_cpu_compile_options_unknown_to_xla_are_dropped_with_a_warning():
     with pytest.warns(RuntimeWarning, match="rejects the compile option xla_cpu_no_such_option=True"):
-        options = engine._supported_options((("xla_cpu_no_such_option", True), ("xla_cpu_use_fusion_emitters", False)))
+        options = runtime_compile.supported_options((("xla_cpu_no_such_option", True), ("xla_cpu_use_fusion_emitters", False)))
     assert options == {"xla_cpu_use_fusion_emitters": False}
 
 
 def test_cpu_compile_options_leave_what_xla_flags_sets_to_it(monkeypatch):
-    monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS",
+    monkeypatch.setattr(runtime_compile, "CPU_COMPILER_OPTIONS",
                         {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1})
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    assert engine._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False}
+    assert runtime_compile.cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False}
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x --xla_cpu_use_fusion_emitters")  # a bare boolean flag
-    assert engine._cpu_compiler_options() == {"xla_backend_optimization_level": 1}
+    assert runtime_compile.cpu_compiler_options() == {"xla_backend_optimization_level": 1}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters_extra=1")  # another flag with a longer name
-    assert engine._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
-    monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS", {})
-    assert engine._cpu_compiler_options() == {}
+    assert runtime_compile.cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+    monkeypatch.setattr(runtime_compile, "CPU_COMPILER_OPTIONS", {})
+    assert runtime_compile.cpu_compiler_options() == {}
 
 
 def test_code_run_once_compiles_without_llvm_optimisation_unless_xla_flags_says_otherwise(monkeypatch):
-    monkeypatch.setattr(engine, "CPU_COMPILER_OPTIONS",
+    monkeypatch.setattr(runtime_compile, "CPU_COMPILER_OPTIONS",
                         {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1})
-    monkeypatch.setattr(engine, "CPU_RUN_ONCE_OPTIONS", {"xla_backend_optimization_level": 0})
+    monkeypatch.setattr(runtime_compile, "CPU_RUN_ONCE_OPTIONS", {"xla_backend_optimization_level": 0})
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert engine._cpu_compiler_options(run_once=True) == {
+    assert runtime_compile.cpu_compiler_options(run_once=True) == {
         "xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
-    assert engine._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+    assert runtime_compile.cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
-    assert engine._cpu_compiler_options(run_once=True) == {"xla_cpu_use_fusion_emitters": False}
+    assert runtime_compile.cpu_compiler_options(run_once=True) == {"xla_cpu_use_fusion_emitters": False}

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from dip_jax import engine, io, memory, nets, operators
+from dip_jax import engine, io, nets, operators
+from dip_jax.runtime import memory
+from dip_jax.fit import api
+from dip_jax.fit import problem as problem_lib
 
 # The same tiny problem as the other reliability tests: one compiled init.
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
@@ -37,7 +40,7 @@ def no_allocation(monkeypatch):
     def refuse(*args, **kwargs):
         raise _Allocated("the state was allocated")
 
-    monkeypatch.setattr(engine, "_init_states", refuse)
+    monkeypatch.setattr(api, "_init_states", refuse)
 
 
 def _prepare(observation, **kwargs):
@@ -227,7 +230,7 @@ def test_memory_estimate_covers_what_xla_allocates():
     cfg = engine.FitConfig(chunk_size=1, batch_mode="map")
     y = _images(1, size=128)
     problem, state, data = engine.prepare(jax.random.key(0), net, cfg, y)
-    analysis = engine._chunk_fn(problem).lower(state, data, None, np.int32(1)).compile().memory_analysis()
+    analysis = problem_lib.chunk_fn(problem).lower(state, data, None, np.int32(1)).compile().memory_analysis()
     xla = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
     estimate = memory.estimate_fit(net, cfg, (128, 128), 1, tx=problem.tx)
     assert xla < estimate.total_bytes - estimate.overhead_bytes < 2 * xla

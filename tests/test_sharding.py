@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dip_jax import sharding
+from dip_jax.runtime import sharding
 
 # Runs in a fresh interpreter: the device count must be set before jax is imported.
 _FOUR_DEVICES = textwrap.dedent(

@@ -8,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from dip_jax import checkpoint, engine, memory, nets
+from dip_jax import engine, nets
+from dip_jax.runtime import checkpoint, memory
+from dip_jax.fit import api
+from dip_jax.fit import problem as problem_lib
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
 CFG = engine.FitConfig(num_steps=3, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
@@ -50,7 +53,7 @@ def test_a_group_as_large_as_the_batch_is_a_plain_vmap_and_batching_never_recomp
     grouped, _, _ = engine.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, vmap_group_size=1), _images(2))
     assert grouped.vmap_group_size == 1
     # One initialiser for all three (it does not depend on the batching), and the same initial states.
-    assert engine._init_key(vmapped) == engine._init_key(mapped) == engine._init_key(grouped)
+    assert problem_lib.init_key(vmapped) == problem_lib.init_key(mapped) == problem_lib.init_key(grouped)
     for a, b in zip(jax.tree_util.tree_leaves(s_vmap.params), jax.tree_util.tree_leaves(s_map.params)):
         np.testing.assert_array_equal(a, b)
 
@@ -63,11 +66,11 @@ def _fake_estimate(per_item, fixed=0):
 def test_largest_fitting_group_is_the_largest_divisor_that_fits():
     estimate = _fake_estimate(100, fixed=50)
     usable = memory.USABLE_FRACTION
-    assert engine._largest_fitting_group(estimate, 6, None) is None  # free memory unknown: all at once
-    assert engine._largest_fitting_group(estimate, 6, int(650 / usable) + 1) is None  # all 6 fit
-    assert engine._largest_fitting_group(estimate, 6, int(549 / usable)) == 3  # 5 and 4 would fit, 3 divides 6
-    assert engine._largest_fitting_group(estimate, 6, int(251 / usable)) == 2
-    assert engine._largest_fitting_group(estimate, 6, int(100 / usable)) == 1  # nothing fits: 1, refused later
+    assert api._largest_fitting_group(estimate, 6, None) is None  # free memory unknown: all at once
+    assert api._largest_fitting_group(estimate, 6, int(650 / usable) + 1) is None  # all 6 fit
+    assert api._largest_fitting_group(estimate, 6, int(549 / usable)) == 3  # 5 and 4 would fit, 3 divides 6
+    assert api._largest_fitting_group(estimate, 6, int(251 / usable)) == 2
+    assert api._largest_fitting_group(estimate, 6, int(100 / usable)) == 1  # nothing fits: 1, refused later
 
 
 def test_memory_estimate_counts_one_group_of_activations():
