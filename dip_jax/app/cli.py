@@ -9,6 +9,8 @@ Subcommands (each prints `dip-jax <command> --help`):
 - `experiment NAME [--variant V]`: one of the paper's experiments into run
   folders OUT/TASK/IMAGE/ (`experiments/NAME.py` is the same command line,
   `script_main`).
+- `run-all [--only NAME[:VARIANT]]`: every experiment, then the report
+  (`experiments/run_all.py`).
 - `report RUN_DIR...`: the markdown report of experiment run folders.
 
 This module only parses; the commands live in `commands`, `batch` and
@@ -233,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="which setting of the paper (default: the experiment's first)")
     experiment_options(p)
 
+    p = sub.add_parser("run-all", help="run every experiment of the paper (or --only some), then the report",
+                       description="Run the experiments one after another into OUT/TASK/IMAGE/, write OUT/run_all.json "
+                                   "and OUT/report.md. Those that need classifier weights are skipped without "
+                                   "--weights unless --quick (random weights).")
+    run_all_options(p)
+
     p = sub.add_parser("report", help="markdown report of experiment run folders")
     p.add_argument("runs", nargs="+", help="run folders or folders containing them")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of printing it")
@@ -289,6 +297,36 @@ def experiment_options(p: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every N steps into OUT/TASK/ (also at the end and on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/TASK/")
     p.add_argument("--overwrite", action="store_true", help="delete earlier checkpoints in OUT/TASK/ and start over")
+
+
+def run_all_options(p: argparse.ArgumentParser) -> None:
+    """The options of `dip-jax run-all` and experiments/run_all.py."""
+    p.add_argument("--only", action="append", metavar="NAME[:VARIANT]",
+                   help=f"run only these (repeatable); default all: {', '.join(experiments.ALL_RUNS)}")
+    p.add_argument("--quick", action="store_true", help="quick mode for every experiment")
+    p.add_argument("--out", default="runs", metavar="DIR", help="output folder (default runs/)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="AlexNet weights for feature inversion / activation maximisation")
+    p.add_argument("--data", metavar="DIR", help="the original's data folder ('none': stand-in images)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
+    p.add_argument("--restarts", type=positive_int, default=1, metavar="R", help="fits per image (default 1)")
+
+
+def _cmd_run_all(args, prog: str = PROG) -> int:
+    return experiments.run_all(args, lambda name, argv: script_main(name, argv, description=""), prog)
+
+
+def run_all_main(argv: Sequence[str] | None = None, *, description: str, prog: str = "run_all.py") -> int:
+    """experiments/run_all.py: `dip-jax run-all` under the script's name (errors: one line, exit 2)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_all_options(p)
+    args = p.parse_args(argv)
+    try:
+        return _cmd_run_all(args, prog)
+    except ValueError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 def _experiment_variant(args, name: str, prog: str):
@@ -354,6 +392,7 @@ COMMANDS = {
     "batch": batch.cmd_batch,
     "report": commands.cmd_report,
     "experiment": _cmd_experiment,
+    "run-all": _cmd_run_all,
 }
 
 

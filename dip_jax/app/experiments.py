@@ -3,15 +3,19 @@
 `EXPERIMENTS[name] = (variants, default variant)`, a variant naming one task
 or several run in turn. `run(args, task_names)` fits each task's default (or
 given) inputs and writes one run folder per image, OUT/TASK/IMAGE/, with a
-summary line each.
+summary line each. `run_all(args, run_one)` runs the `ALL_RUNS` entries (or
+`--only` ones) one after another, writes OUT/run_all.json and OUT/report.md.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -36,6 +40,60 @@ EXPERIMENTS: dict[str, tuple[dict, str]] = {
     "sr_prior": ({"all": ("sr_prior_none", "sr_prior_tv", "sr_prior_deep"), "none": "sr_prior_none",
                   "tv": "sr_prior_tv", "deep": "sr_prior_deep"}, "all"),
 }
+
+# Every experiment of the paper, as NAME or NAME:VARIANT (`dip-jax run-all`, experiments/run_all.py).
+ALL_RUNS = (
+    "denoising:sigma25", "denoising:sigma50", "denoising:real", "jpeg", "super_resolution:x4",
+    "super_resolution:x8", "text_inpainting", "large_hole:vase", "large_hole:library", "large_hole:library_unet",
+    "large_hole:library_resnet", "restoration:50", "restoration:98", "flash_no_flash", "feature_inversion",
+    "activation_maximization:conv4", "activation_maximization:fc8", "sr_prior:all",
+)
+NEEDS_WEIGHTS = ("feature_inversion", "activation_maximization")
+
+
+def run_all(args, run_one: Callable[[str, Sequence[str]], int], prog: str) -> int:
+    """Run the selected entries with `run_one(name, argv)`; 0 when none failed (skipped ones do not count)."""
+    selected = args.only or list(ALL_RUNS)
+    for entry in selected:
+        name, _, variant = entry.partition(":")
+        if name not in EXPERIMENTS or (variant and variant not in EXPERIMENTS[name][0]):
+            raise ValueError(f"--only {entry!r} names no experiment; choose from {', '.join(ALL_RUNS)}")
+    summary = {}
+    out = Path(args.out)
+    for entry in selected:
+        name, _, variant = entry.partition(":")
+        argv = ["--out", str(out), "--seed", str(args.seed), "--restarts", str(args.restarts), "--no-progress"]
+        if variant:
+            argv += ["--variant", variant]
+        if args.quick:
+            argv.append("--quick")
+        if args.data:
+            argv += ["--data", args.data]
+        if name in NEEDS_WEIGHTS:
+            if args.weights:
+                argv += ["--weights", args.weights]
+            elif not args.quick:
+                summary[entry] = {"status": "skipped", "reason": "needs --weights"}
+                print(f"{prog}: {entry}: skipped (needs --weights)", flush=True)
+                continue
+        t0 = time.perf_counter()
+        try:
+            code = run_one(name, argv)
+            status = {"status": "ok" if code == 0 else "failed", "exit_code": code}
+        except Exception:  # keep going: one broken experiment must not hide the others
+            status = {"status": "failed", "error": traceback.format_exc()}
+        status["seconds"] = round(time.perf_counter() - t0, 1)
+        summary[entry] = status
+        print(f"{prog}: {entry}: {status['status']} ({status['seconds']} s)", flush=True)
+        if "error" in status:
+            print(status["error"], file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_all.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        (out / "report.md").write_text(runs.report([out]))
+    except ValueError as err:
+        print(f"{prog}: no report: {err}", file=sys.stderr)
+    return 0 if all(s["status"] != "failed" for s in summary.values()) else 1
 
 
 def run(args, task_names) -> int:
