@@ -146,7 +146,7 @@ def test_a_resume_may_extend_the_run_but_not_go_back(runs, tmp_path):
     """4 steps, then resumed to 7: bit for bit the uninterrupted 7-step run; fewer than 4 is refused."""
     short = _fit(checkpoint_dir=tmp_path, checkpoint_every=3, cfg=dataclasses.replace(CFG, num_steps=4))
     assert short.steps == 4 and checkpoint.resume_step(tmp_path / checkpoint.CHECKPOINT_NAME, 7) == 4
-    with pytest.raises(checkpoint.CheckpointAheadError, match=r"at step 4, past this run's 3 steps.*--steps 4 or more"):
+    with pytest.raises(checkpoint.CheckpointAheadError, match=r"at step 4, past this run's 3 steps.*num_steps of at least 4"):
         _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=3))
     same = _fit(checkpoint_dir=tmp_path, resume=True, cfg=dataclasses.replace(CFG, num_steps=4))
     assert same.steps == 4 and same.resumed_from == 4

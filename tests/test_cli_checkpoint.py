@@ -200,7 +200,8 @@ def test_resume_says_when_it_starts_fresh_and_may_extend_the_steps(tmp_path, cap
     assert "interrupted after step 20 of 60" in err
 
     # Fewer steps than the checkpoint has done cannot be resumed: one line that says what to do.
-    assert "--steps 20 or more" in _one_line_error(capsys, run + ["--steps", "10", "--resume"])
+    refused = _one_line_error(capsys, run + ["--steps", "10", "--resume"])
+    assert "past --steps 10" in refused and "--steps 20 or more" in refused and "num_steps" not in refused, refused
     # More steps than the interrupted run asked for: it continues to the new total, equal to one run of it.
     assert cli.main(run + ["--steps", "100", "--resume"]) == 0
     captured = capsys.readouterr()

@@ -97,10 +97,14 @@ class CheckpointAheadError(CheckpointError):
     def __init__(self, path, step: int, num_steps: int):
         super().__init__(
             f"checkpoint {str(path)!r} is at step {step}, past this run's {num_steps} steps, and a fit cannot "
-            f"go back; resume with at least {step} steps (num_steps; CLI: --steps {step} or more), or start "
-            "over (delete the checkpoint; CLI: --overwrite)"
+            f"go back; resume with num_steps of at least {step}, or start over (delete the checkpoint)"
         )
         self.path, self.step, self.num_steps = Path(path), step, num_steps
+        # The same in the dip-jax command's terms (its error line prefers `cli_message`).
+        self.cli_message = (
+            f"checkpoint {str(path)!r} is at step {step}, past --steps {num_steps}, and a fit cannot go back; "
+            f"resume with --steps {step} or more, or pass --overwrite to start over"
+        )
 
 
 class StartingFreshWarning(UserWarning):
