@@ -57,6 +57,7 @@ _LONG_TESTS = (
     "test_eager_jit_vmap_agree_and_batchnorm",
     "test_inpaint_with_a_mask_file",
     "test_restarts_are_independent",
+    "test_denoise_killed_once",
 )
 
 

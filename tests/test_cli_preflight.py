@@ -86,6 +86,8 @@ def files(tmp_path):
     (f["runs_bad_json"] / "metrics.json").write_text("{ not json")
     f["empty_dir"] = tmp_path / "empty"
     f["empty_dir"].mkdir()
+    f["in_std"] = tmp_path / "in.std.png"  # where `--out in.png --restarts 2` writes its std map
+    io.save_image(f["in_std"], rng.random((32, 32, 3)).astype(np.float32))
     f["folder"] = tmp_path / "folder"
     f["folder"].mkdir()
     io.save_image(f["folder"] / "a.png", rng.random((32, 32, 3)).astype(np.float32))
@@ -126,6 +128,9 @@ BAD_COMMAND_LINES = [
     (["super-resolve", "{in}", "--factor", "3"], "--factor"),
     (["super-resolve", "{in}", "--factor", "100000"], "--factor"),
     (["super-resolve", "{in}", "--factor", "64", "--simulate"], "--factor"),
+    (["super-resolve", "{in}", "--noise-sigma", "300", "--simulate"], "--noise-sigma"),
+    (["super-resolve", "{in}", "--noise-sigma", "0"], "--noise-sigma"),
+    (["super-resolve", "{in}", "--noise-sigma", "nan"], "--noise-sigma"),
     # blur kernels
     (["deblur", "{in}", "--kernel", "gauss:inf"], "--kernel"),
     (["deblur", "{in}", "--kernel", "gauss:1e12"], "--kernel"),
@@ -152,6 +157,9 @@ BAD_COMMAND_LINES = [
     (["denoise", "{in}", "--out", "{empty_dir}"], "empty"),
     (["denoise", "{in}", "--out", "{in}"], "input"),
     (["denoise", "{in}", "--out", "{in}", "--overwrite"], "input"),
+    # --restarts R > 1 also writes OUT_STEM.std.png / .std.npy: never over an input
+    (["denoise", "{in_std}", "--restarts", "2", "--out", "{in}"], "std map"),
+    (["denoise", "{in_std}", "--restarts", "2", "--out", "{in}", "--overwrite"], "std map"),
     (["inpaint", "{in}", "--mask", "{mask_black}", "--out", "{mask_black}"], "--mask"),
     (["denoise", "{in}", "--run-dir", "{file}"], "--run-dir"),
     (["denoise", "{in}", "--run-dir", "{file}/sub"], "--run-dir"),
@@ -348,3 +356,20 @@ def test_experiment_command_refuses_in_one_line(tmp_path, capsys, monkeypatch, n
                      "--image", str(tmp_path / "missing.png")]) == 2
     assert capsys.readouterr().err.startswith("dip-jax: error: ")
     assert not any(tmp_path.iterdir())
+
+
+def test_experiment_resume_without_a_checkpoint_says_it_starts_fresh_in_one_line(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    def fresh_then_identity(key, task, samples, **kwargs):
+        warnings.warn(checkpoint.StartingFreshWarning("no checkpoint ckpt.npz in 'x'; starting fresh"))
+        return _identity_fit(key, task, samples, **kwargs)
+
+    monkeypatch.setattr(fitting, "fit_samples", fresh_then_identity)
+    monkeypatch.setenv("DIP_JAX_COMPILE_CACHE", "0")
+    code = cli.experiment_main(["--quick", "--data", "none", "--out", str(tmp_path), "--resume", "--steps", "2"],
+                               variants={"x": "denoising"}, default_variant="x", description="", prog="exp")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "dip-jax experiment denoising: no checkpoint ckpt.npz in 'x'; starting fresh" in err
+    assert "Warning" not in err
