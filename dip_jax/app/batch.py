@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from dip_jax import engine, io
-from dip_jax.app import fitting, measurements, observations, tasks
-from dip_jax.app.checks import FilePlan, UsageError, check_factor, partial_path, refuse_existing
+from dip_jax.app import ensemble, fitting, measurements, observations, tasks
+from dip_jax.app.checks import FilePlan, UsageError, check_factor, partial_path, refuse_existing, std_outputs
 from dip_jax.app.commands import (
     PROG,
     announce_fresh_start,
@@ -121,6 +121,9 @@ def cmd_batch(args) -> int:
     for path, item in zip(outputs, loaded):
         plan.image(path, "--out", item)
         plan.output(partial_path(path), "--out")
+        if args.restarts > 1:  # STEM.std.png / STEM.std.npy: the per-pixel std over the restarts
+            for std_path in std_outputs(path):
+                plan.output(std_path, "--out (a std map over --restarts)")
     plan.output(out_dir / BATCH_MARKER, "--out")
     plan.check()
     calls = []  # (group index, chunk index, task, chunk, padded chunk)
@@ -139,7 +142,7 @@ def cmd_batch(args) -> int:
             names = ", ".join(files[i].name for i in indices[:3]) + (" ..." if len(indices) > 3 else "")
             raise UsageError(f"{names} ({shape[0]}x{shape[1]}): {getattr(err, 'cli_message', None) or err}") from None
     if not args.resume:
-        refuse_existing(outputs, args)
+        refuse_existing(outputs + ([p for o in outputs for p in std_outputs(o)] if args.restarts > 1 else []), args)
     # batch.json is written last: it marks the folder as a finished batch (replaced only with --overwrite).
     checkpoint.prepare_output_dir(out_dir, overwrite=args.overwrite, resume=args.resume, marker=BATCH_MARKER)
     fitting.enable_compile_cache()
@@ -174,6 +177,8 @@ def cmd_batch(args) -> int:
         for i, result in zip(chunk, results):
             out = outputs[i]
             save(out, result.restored, loaded[i])
+            if args.restarts > 1:
+                ensemble.save_std(*std_outputs(out), result.std)
             partial_path(out).unlink(missing_ok=True)
             count = f"{len(padded)} image{'s' if len(padded) > 1 else ''}"
             line = (f"{PROG} batch: {files[i].name} -> {out} ({shape[0]}x{shape[1]}x{c}, "
@@ -187,6 +192,12 @@ def cmd_batch(args) -> int:
             if result.num_rollbacks is not None:
                 entry["num_rollbacks"] = [int(r) for r in result.num_rollbacks]
                 line += rollback_note(result.num_rollbacks)
+            if args.restarts > 1:
+                entry["std"] = [str(p) for p in std_outputs(out)]
+                gt = samples[i].ground_truth
+                entry.update(ensemble.ensemble_metrics(result.per_restart,
+                                                       gt if gt is not None and gt.shape == result.restored.shape
+                                                       else None))
             entries[i] = entry
             print(line)
     summary = {"task": args.task, "quick": args.quick, "seed": args.seed, "restarts": args.restarts,

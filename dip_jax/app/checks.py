@@ -60,6 +60,23 @@ def refuse_existing(paths: Sequence[Path], args) -> None:
 # What `runs.write_run` writes into a --run-dir (restart_R.png and baseline_NAME.png too).
 RUN_FILES = ("result.png", "observation.png", "mask.png", "target.png", "ground_truth.png", "comparison.png",
              "psnr.png", "history.npz", "config.json", "metrics.json")
+# What it adds for --restarts R > 1: the per-pixel std map over restarts (image, raw array).
+ENSEMBLE_RUN_FILES = ("std.png", "std.npy")
+
+
+def std_outputs(out: Path) -> tuple[Path, Path]:
+    """The std map a command writes next to its output image OUT for R > 1: OUT_STEM.std.png, OUT_STEM.std.npy."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.std.png"), out.with_name(f"{out.stem}.std.npy")
+
+
+def check_noise_sigma(sigma: float | None, option: str = "--noise-sigma") -> None:
+    """A noise level in 0..255 units (as --add-noise): positive and at most 255."""
+    if sigma is not None and not 0 < sigma <= 255:
+        raise UsageError(f"{option} {sigma:g} is outside (0, 255]; give the noise's standard deviation in 0..255 "
+                         "pixel units, e.g. 25")
+
+
 # The option names of input files, by argparse destination.
 INPUT_OPTIONS = {"image": "IMAGE", "mask": "--mask", "ground_truth": "--ground-truth", "kernel": "--kernel",
                  "flash": "--flash", "no_flash": "--no-flash"}
@@ -139,10 +156,14 @@ def single_plan(args, out: Path, ckpt_dir: Path, loaded: io.LoadedImage) -> File
     plan.input_files(args)
     plan.image(out, "--out", loaded)
     plan.image(partial_path(out), "--out (its .partial file)", loaded)
+    ensemble = getattr(args, "restarts", 1) > 1
+    if ensemble:
+        for path in std_outputs(out):
+            plan.output(path, "--out (its std map over --restarts)")
     if args.run_dir:
         run_dir = Path(args.run_dir)
         plan.folder(run_dir, "--run-dir")
-        for name in RUN_FILES:
+        for name in RUN_FILES + (ENSEMBLE_RUN_FILES if ensemble else ()):
             plan.output(run_dir / name, "--run-dir")
         for source, option in plan.inputs:
             if (source.name.startswith(("restart_", "baseline_")) and source.suffix == ".png"

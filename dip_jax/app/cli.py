@@ -128,7 +128,10 @@ def _common(p: argparse.ArgumentParser, *task_names: str) -> None:
     g.add_argument("--net", metavar="PRESET", choices=sorted(nets.PRESETS),
                    help=f"generator preset, one of: {', '.join(sorted(nets.PRESETS))}")
     g.add_argument("--restarts", type=positive_int, default=1, metavar="R",
-                   help="independent fits averaged into the result (default 1)")
+                   help="independent fits averaged into the result (default 1); for R > 1 the per-pixel standard "
+                        "deviation across them is also written: OUT_STEM.std.npy (raw values) and OUT_STEM.std.png "
+                        "(mean over channels divided by its maximum, so the most uncertain pixel is white); in a "
+                        "run folder std.npy / std.png")
     g.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
     g.add_argument("--quick", action="store_true", help="narrow net and few steps: a fast, rough result on a CPU")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -175,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="downsampler the result must be consistent with (default lanczos2, the paper's)")
     p.add_argument("--simulate", action="store_true",
                    help="treat the input as the high-resolution truth: downscale it first, report the PSNR")
+    p.add_argument("--noise-sigma", type=positive_float, metavar="S",
+                   help="the low-resolution image is noisy (noise sigma S in 0..255 units): fit with the joint "
+                        "denoising + super-resolution settings (task sr_x4_noisy / sr_x8_noisy: the SR settings "
+                        "plus the denoising task's output averaging and backtracking); with --simulate, also add "
+                        "that noise to the downscaled image (the PSNR is still against the input)")
     _single_outputs(p)
     _common(p, "sr_x4", "sr_x8")
 

@@ -18,17 +18,19 @@ from typing import Sequence
 import numpy as np
 
 from dip_jax import engine, io, nets
-from dip_jax.app import fitting, measurements, observations, runs, tasks
+from dip_jax.app import ensemble, fitting, measurements, observations, runs, tasks
 from dip_jax.app.checks import (
     FilePlan,
     UsageError,
     check_factor,
+    check_noise_sigma,
     ground_truth_arg,
     load_kernel,
     partial_path,
     prepare_checkpoint_dir,
     refuse_existing,
     single_plan,
+    std_outputs,
 )
 
 PROG = "dip-jax"
@@ -181,7 +183,8 @@ def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key
     out = Path(args.out) if args.out else _default_out(source, command)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(f"{out.stem}.ckpt")
     single_plan(args, out, ckpt_dir, loaded).check()
-    refuse_existing([out], args)
+    std_files = std_outputs(out) if args.restarts > 1 else ()
+    refuse_existing([out, *std_files], args)
     if args.run_dir:
         checkpoint.prepare_output_dir(args.run_dir, overwrite=args.overwrite, resume=args.resume)
     prepare_checkpoint_dir(args, ckpt_dir)
@@ -195,12 +198,20 @@ def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key
         return interrupted(command, stop, task, [write_partial(partial_path(out), stop.results[0], loaded)])
     seconds = time.perf_counter() - t0
     save(out, result.restored, loaded)
+    if std_files:
+        ensemble.save_std(*std_files, result.std)
     partial_path(out).unlink(missing_ok=True)
     found = runs.sample_metrics(task, sample, result)
     if args.run_dir:
         found = runs.write_run(args.run_dir, task, sample, result,
                                      options={"command": command, "quick": args.quick, "seed": args.seed})
-    print(_report_line(command, source, out, task, found, seconds, result.resumed_from))
+    line = _report_line(command, source, out, task, found, seconds, result.resumed_from)
+    if std_files:
+        line += f"; std over {args.restarts} restarts: {std_files[0]} (/ its max {found['std_max']:.3g}), {std_files[1]}"
+        if "psnr_restart_mean" in found:
+            line += (f"; one restart {found['psnr_restart_mean']:.2f} dB on average, Spearman(std, |error|) "
+                     f"{found['uncertainty_spearman']:.2f}")
+    print(line)
     return 0
 
 
@@ -229,15 +240,21 @@ def cmd_super_resolve(args) -> int:
     loaded = load(args.image)
     c = loaded.image.shape[-1]
     check_factor(args.factor, args.kernel_type, loaded.image.shape, simulate=args.simulate)
-    base = tasks.task("sr_x8" if args.factor >= 8 else "sr_x4")
-    task = configure(base, args, channels=c,
-                     operator=dataclasses.replace(base.operator, factor=args.factor, kernel_type=args.kernel_type))
+    check_noise_sigma(args.noise_sigma)
+    # --noise-sigma: the joint denoising + super-resolution task (output averaging and backtracking on
+    # top of the SR settings); with --simulate that noise is also added to the low-resolution image.
+    noisy = args.noise_sigma is not None
+    base = tasks.task(("sr_x8" if args.factor >= 8 else "sr_x4") + ("_noisy" if noisy else ""))
+    operator = dataclasses.replace(base.operator, factor=args.factor, kernel_type=args.kernel_type,
+                                   noise_sigma=args.noise_sigma if args.simulate else None)
+    task = configure(base, args, channels=c, operator=operator)
     k_data, k_fit = split_key(args)
     sample = observations.Sample(name=Path(args.image).stem, observation=loaded.image, source=args.image)
     if args.simulate:
-        hr, lr, baselines = observations.super_resolution_pair(loaded.image, args.factor)
-        sample.observation, sample.ground_truth, sample.baselines = lr, hr, baselines
+        # The measurement's own simulation: PIL Lanczos downscaling (+ noise), baselines from that observation.
+        task.operator.observe(task, sample, loaded.image, k_data)
         if loaded.alpha is not None:
+            hr = sample.ground_truth
             loaded = dataclasses.replace(loaded, alpha=observations.centre_crop(loaded.alpha, *hr.shape[:2]))
     else:
         h, w = loaded.image.shape[:2]

@@ -49,6 +49,13 @@ class SampleResult:
     # The checkpoint step this call resumed at (None: started at step 0); the call ran steps - resumed_from.
     resumed_from: int | None = None
 
+    @property
+    def std(self) -> np.ndarray:
+        """(H, W, C): the per-pixel standard deviation across restarts (zeros for one restart)."""
+        from dip_jax.app import ensemble
+
+        return ensemble.std_map(self.per_restart)
+
 
 def _group(samples: Sequence) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}

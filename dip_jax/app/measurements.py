@@ -184,11 +184,15 @@ class Downsampling(ImageMeasurement):
     """The original's super-resolution at `factor` with its downsampler's `kernel_type`.
 
     `baselines`: also make the bicubic / nearest / sharpened-bicubic upsamplings to compare with.
+    `noise_sigma` (0..255 units, not in the paper): joint denoising + super-resolution: Gaussian
+    noise is added to the low-resolution observation, and the baselines upsample that noisy image
+    (what one has without DIP).
     """
 
     factor: int = 4
     kernel_type: str = "lanczos2"
     baselines: bool = True
+    noise_sigma: float | None = None
 
     kind: ClassVar[str] = "downsample"
 
@@ -198,6 +202,10 @@ class Downsampling(ImageMeasurement):
 
     def observe(self, task, sample, image, key) -> None:
         hr, lr, baselines = observations.super_resolution_pair(image, self.factor)
+        if self.noise_sigma is not None:
+            # The same key split as Direct's noise, so a noisy SR sample is reproducible from its key.
+            lr = observations.add_noise(jax.random.split(key, 3)[0], lr, self.noise_sigma)
+            baselines = observations.upsampling_baselines(lr, hr.shape[:2])
         sample.ground_truth, sample.observation = hr, lr
         sample.baselines = baselines if self.baselines else {}
 

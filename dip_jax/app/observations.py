@@ -11,7 +11,7 @@ Contract:
   from `key`. With `quick` the images are brought to the task's
   `QuickSettings.size` first.
 - `data_dir`: where the original's images are; `add_noise`, `blur_kernel`,
-  `super_resolution_pair`, `degrade`, `synthetic_mask`, `centre_crop`,
+  `super_resolution_pair` (`upsampling_baselines` of any LR image), `degrade`, `synthetic_mask`, `centre_crop`,
   `resize`: the corruptions and image helpers the tasks and the CLI share.
 
 The super-resolution HR image is cropped only to a multiple of the factor
@@ -208,13 +208,21 @@ def super_resolution_pair(hr: np.ndarray, factor: int) -> tuple[np.ndarray, np.n
     hr_pil = _pil(hr)
     hr = _from_pil(hr_pil, channels)
     lr_pil = hr_pil.resize((hr_pil.width // factor, hr_pil.height // factor), Image.Resampling.LANCZOS)
-    bicubic = lr_pil.resize(hr_pil.size, Image.Resampling.BICUBIC)
-    baselines = {
+    lr = _from_pil(lr_pil, channels)
+    return hr, lr, upsampling_baselines(lr, hr.shape[:2])
+
+
+def upsampling_baselines(lr: np.ndarray, size: tuple[int, int]) -> dict:
+    """`super_resolution_pair`'s baselines (bicubic, nearest, sharpened bicubic) of a given LR image, e.g. a noisy one."""
+    channels = lr.shape[-1]
+    lr_pil = _pil(lr)
+    hw = (size[1], size[0])
+    bicubic = lr_pil.resize(hw, Image.Resampling.BICUBIC)
+    return {
         "bicubic": _from_pil(bicubic, channels),
-        "nearest": _from_pil(lr_pil.resize(hr_pil.size, Image.Resampling.NEAREST), channels),
+        "nearest": _from_pil(lr_pil.resize(hw, Image.Resampling.NEAREST), channels),
         "sharpened_bicubic": _from_pil(bicubic.filter(ImageFilter.UnsharpMask()), channels),
     }
-    return hr, _from_pil(lr_pil, channels), baselines
 
 
 def degrade(kind: str, image: np.ndarray, key) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ Contract:
   `result.png` (the restored image: averaged output if the task averages,
   mean over restarts), `observation.png`, `ground_truth.png` and `mask.png`
   where they exist, `restart_K.png` for R > 1 restarts, `baseline_NAME.png`
-  (super-resolution), `comparison.png` (observation / result / ground
+  (super-resolution), `std.png` / `std.npy` for R > 1 (the per-pixel
+  standard deviation across restarts, `ensemble.std_image` / raw values),
+  `comparison.png` (observation / result / ground
   truth side by side), `psnr.png` (PSNR per step; the loss when there is no
   ground truth), `config.json`, `metrics.json` and `history.npz`.
 - `report(run_dirs) -> str`: a markdown table of every run found under the
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dip_jax import io, metrics
-from dip_jax.app import tasks
+from dip_jax.app import ensemble, tasks
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -61,6 +63,8 @@ def sample_metrics(task: tasks.TaskConfig, sample, result) -> dict:
         if min(gt.shape[:2]) >= 11:
             out["ssim"] = float(metrics.ssim(jnp.asarray(result.restored), jnp.asarray(gt)))
     out.update(task.operator.sample_metrics(task, sample, result))
+    # R > 1: the mean single-restart PSNR next to the ensemble's, and how well the spread predicts the error.
+    out.update(ensemble.ensemble_metrics(result.per_restart, gt))
     return out
 
 
@@ -152,6 +156,8 @@ def write_run(
     if result.per_restart.shape[0] > 1:
         for r, image in enumerate(result.per_restart):
             io.save_image(run_dir / f"restart_{r}.png", image)
+        ensemble.save_std(run_dir / "std.png", run_dir / "std.npy", result.std)
+        panels.append(("std over restarts (/ max)", ensemble.std_image(result.std)))
     for name, image in sample.baselines.items():
         io.save_image(run_dir / f"baseline_{name}.png", image)
     if "bicubic" in sample.baselines:

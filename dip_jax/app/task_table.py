@@ -107,6 +107,28 @@ _add(dataclasses.replace(
     operator=Downsampling(factor=8, kernel_type="lanczos2"),
     paper=(),
 ))
+# Joint denoising + super-resolution (not in the paper; its extension notes ask for it): the noisy
+# observation is the low-resolution image. Steps, learning rate and input noise are the x4 / x8 tasks'
+# (the same size of problem); from the denoising task it takes output averaging (ema 0.99) and
+# backtracking, because with noise in the observation the late fit reproduces that noise and the
+# running average of the outputs is the paper's remedy for it (the denoising notebook's exp_weight).
+_add(dataclasses.replace(
+    TASKS["sr_x4"],
+    name="sr_x4_noisy",
+    title="Super-resolution x4 of a noisy image (noise sigma 25 on the low-resolution observation)",
+    notebook="(none: super-resolution.ipynb's net and steps + denoising.ipynb's averaging)",
+    fit=dataclasses.replace(TASKS["sr_x4"].fit, ema_decay=0.99, backtrack=True),
+    operator=Downsampling(factor=4, kernel_type="lanczos2", noise_sigma=25.0),
+    paper=(),
+    in_paper=False,
+))
+_add(dataclasses.replace(
+    TASKS["sr_x4_noisy"],
+    name="sr_x8_noisy",
+    title="Super-resolution x8 of a noisy image (noise sigma 25 on the low-resolution observation)",
+    fit=dataclasses.replace(TASKS["sr_x8"].fit, ema_decay=0.99, backtrack=True),
+    operator=Downsampling(factor=8, kernel_type="lanczos2", noise_sigma=25.0),
+))
 _add(TaskConfig(
     name="text_inpainting",
     title="Text inpainting",
