@@ -171,10 +171,10 @@ def _compiled_readout(problem: Problem, mesh=None) -> Callable:
         if state.good is not None:
             g = state.good
             out = jax.lax.cond(
-                transforms_lib._all_finite(out), lambda o: o, lambda o: forward(g.params, g.batch_stats, g.z), out
+                transforms_lib.all_finite(out), lambda o: o, lambda o: forward(g.params, g.batch_stats, g.z), out
             )
             if avg is not None:
-                avg = jnp.where(transforms_lib._all_finite(avg), avg, g.out_avg)
+                avg = jnp.where(transforms_lib.all_finite(avg), avg, g.out_avg)
         return out, avg
 
     fn_batched = batched(problem.batch_mode, one, problem.vmap_group_size)

@@ -17,7 +17,8 @@ FitConfig's fields (which reproduce the original's loop). Transforms are
 part of the compile key: make them once (module level) and reuse them, and
 give each a distinct `name`.
 
-`divergence_rollback` snapshots the transforms before it in the chain and
+`hold(info, cond)` keeps an item where its step started (what a stopping
+rule needs). `divergence_rollback` snapshots the transforms before it in the chain and
 restores them on a rollback, except the fields a state's class lists in
 `KEPT_ON_ROLLBACK` (those keep their value from the start of the step).
 """
@@ -30,7 +31,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dip_jax.fit.step import GoodState, StepInfo, StepInput, psnr
+from dip_jax.fit.step import GoodState, StepInfo, StepInput, hold, psnr
+
+__all__ = [
+    "InitInfo", "StepInfo", "StepInput", "StepTransform", "backtrack", "best_output", "default_transforms",
+    "divergence_rollback", "hold", "input_noise", "output_average", "param_noise",
+]
 
 # A reference PSNR above this (a near-perfect fit, or +inf for an exact one)
 # is clamped, so the collapse rule still fires instead of always firing.
@@ -64,7 +70,7 @@ def _pick(cond, if_true, if_false):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(cond, a, b), if_true, if_false)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
@@ -212,7 +218,7 @@ def divergence_rollback(drop_db: float, lr_factor: float) -> StepTransform:
     def update(info: StepInfo, state: RollbackState):
         reference = jnp.minimum(state.good.psnr, PSNR_REFERENCE_CAP)
         collapsed = info.psnr_fit < reference - drop_db  # False for NaN (no data-fit PSNR)
-        healthy = jnp.isfinite(info.loss) & _all_finite(info.out) & ~collapsed
+        healthy = jnp.isfinite(info.loss) & all_finite(info.out) & ~collapsed
         old, new, g = info.before, info.state, state.good
         snapshot = GoodState(old.params, old.batch_stats, old.opt_state, old.z, old.num_updates,
                              {name: old.transforms[name] for name in info.earlier}, info.psnr_fit)

@@ -2,9 +2,9 @@
 
 Contract:
 - A checkpoint is one `.npz` file (numpy's zip of `.npy` arrays; no pickles)
-  holding the engine's whole `FitState` (parameters, BatchNorm statistics,
+  holding the fit's whole `FitState` (parameters, BatchNorm statistics,
   optimiser state, input `z`, PRNG keys as their raw `uint32` key data plus
-  the key implementation's name, step counters, averaged output, backups),
+  the key implementation's name, step counters, every step transform's state),
   the per-step history so far `(steps, B)`, the images so far `(B, H, W, C)`
   (current output, averaged output, best output when a ground truth is
   known), and a `meta` entry: JSON with the format version, the step, the

@@ -37,7 +37,7 @@ pass (2026-11-30), which cut one 512 px gradient's temporaries from 2555 to
 MiB); the factor was left as it was, so the estimate is now more conservative
 (about 1.8x XLA's figure at 512 px) rather than re-calibrated. `engine`
 also uses `activation_bytes` to decide when a fit is large enough to release
-the initialiser's compiled code (`engine.RELEASE_INIT_CODE_ABOVE_BYTES`).
+the initialiser's compiled code (`dip_jax.fit.api.RELEASE_INIT_CODE_ABOVE_BYTES`).
 The factor follows the convolution code: plain `lax.conv` measured 7.6x on CPU, so other
 backends (not measured here) use 10. Peak RSS is not a usable yardstick on
 CPU: the allocator keeps freed buffers, so it reflects the largest program run
