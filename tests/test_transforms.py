@@ -11,6 +11,7 @@ import pytest
 from dip_jax import engine, nets
 from dip_jax.fit import step as step_lib
 from dip_jax.fit.transforms import StepTransform
+from dip_jax.runtime import checkpoint
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
 CFG = engine.FitConfig(num_steps=4, chunk_size=2, reg_noise_std=1 / 30, ema_decay=0.9, backtrack=True)
@@ -50,6 +51,8 @@ def test_a_per_item_stopping_rule_freezes_one_item_and_the_other_goes_on(batch_m
     cfg = dataclasses.replace(CFG, batch_mode=batch_mode)
     problem, start, data = engine.prepare(KEYS, TINY, cfg, YS, transforms=[STOP_BELOW])
     assert [t.name for t in problem.transforms][-1] == "stop_below"
+    # A checkpoint of this fit records the added transform (a resume without it is refused).
+    assert checkpoint.fingerprint(problem, data)["transforms"] == ["stop_below"]
     end, records = engine.run(problem, start, data, num_steps=cfg.num_steps)
     assert records["stopped"][:, 0].all() and not records["stopped"][:, 1].any()
     assert (records["loss"][:, 0] < THRESHOLD).all() and (records["loss"][:, 1] > THRESHOLD).all()
