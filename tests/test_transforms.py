@@ -75,3 +75,15 @@ def test_transform_names_must_be_distinct():
         engine.prepare(KEYS, TINY, CFG, YS, transforms=[clash])
     with pytest.raises(ValueError, match="StepTransform"):
         engine.prepare(KEYS, TINY, CFG, YS, transforms=[_stop_update])
+
+
+def test_tv_as_a_regulariser_gives_the_config_fields_numbers():
+    from dip_jax import losses
+
+    cfg = engine.FitConfig(num_steps=2, chunk_size=2, batch_mode="map")
+    by_config = engine.fit(KEYS[:1], TINY, dataclasses.replace(cfg, tv_weight=0.01, tv_beta=0.5), YS[1:])
+    by_argument = engine.fit(KEYS[:1], TINY, cfg, YS[1:], regularisers=[(0.01, losses.TotalVariation(beta=0.5))])
+    np.testing.assert_array_equal(by_config.history["loss"], by_argument.history["loss"])
+    np.testing.assert_array_equal(by_config.output, by_argument.output)
+    plain = engine.fit(KEYS[:1], TINY, cfg, YS[1:])
+    assert not np.array_equal(plain.history["loss"][0], by_argument.history["loss"][0])
