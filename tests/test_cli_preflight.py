@@ -171,6 +171,12 @@ BAD_COMMAND_LINES = [
     (["batch", "{folder}", "--task", "inpaint"], "--keep-fraction"),
     (["batch", "{in}"], "in.png"),
     (["flash", "--flash", "{in}", "--no-flash", RGB], "no-flash"),
+    # quality
+    (["quality", "--seeds", "0"], "--seeds"),
+    (["quality", "--variant", "nope"], "--variant"),
+    (["quality", "--image", "{junk}"], "junk.png"),
+    (["quality", "--out", "{file}/q.md"], "afile"),
+    (["quality", "--image", "{in}", "--size", "33"], "--size"),
     # report
     (["report", "{empty_dir}"], "empty"),
     (["report", "{runs_bad_json}"], "metrics.json"),

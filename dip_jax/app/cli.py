@@ -12,6 +12,8 @@ Subcommands (each prints `dip-jax <command> --help`):
 - `run-all [--only NAME[:VARIANT]]`: every experiment, then the report
   (`experiments/run_all.py`).
 - `report RUN_DIR...`: the markdown report of experiment run folders.
+- `quality`: each addition (generator presets, ensembles ...) against the
+  paper's default on the project's images (`quality`).
 
 This module only parses; the commands live in `commands`, `batch` and
 `experiments`, the checks before any work in `checks`.
@@ -50,6 +52,7 @@ from typing import Sequence
 
 from dip_jax import nets
 from dip_jax.app import batch, commands, experiments, tasks
+from dip_jax.app import quality
 from dip_jax.app.commands import DEMO_SIGMA, DEMO_SIZE, DEMO_STEPS
 
 PROG = "dip-jax"
@@ -249,6 +252,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--weights unless --quick (random weights).")
     run_all_options(p)
 
+    p = sub.add_parser("quality", help="each addition (generators, ensembles ...) against the paper's default",
+                       description="Denoise centre crops of this repository's photos (data/, and the original's "
+                                   "clean images when its data folder is present) with each variant of "
+                                   "dip_jax.app.quality.VARIANTS, for several seeds, and print a markdown table: "
+                                   "PSNR mean +- std, steps, seconds, parameters; plus the ensembles' per-image "
+                                   "gain over one restart and Spearman(std, |error|).")
+    p.add_argument("--image", action="append", metavar="FILE", help="clean image (repeatable; default: data/ ...)")
+    p.add_argument("--data", metavar="DIR", help="the original's data folder ('none': data/ only)")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="only these rows (repeatable): " + ", ".join(v.key for v in quality.VARIANTS))
+    p.add_argument("--size", type=positive_int, default=64, help="crop size in pixels (default 64)")
+    p.add_argument("--steps", type=positive_int, default=300, metavar="N", help="steps per fit (default 300)")
+    p.add_argument("--seeds", type=positive_int, default=2, metavar="S", help="seeds 0..S-1 (default 2)")
+    p.add_argument("--sigma", type=positive_float, default=25.0, help="noise sigma, 0..255 units (default 25)")
+    p.add_argument("--width", type=positive_int, metavar="W",
+                   help="narrow the default skip net to W channels per layer (default: the paper's 128)")
+    p.add_argument("--scales", type=positive_int, metavar="K", help="with --width: K scales instead of 5")
+    p.add_argument("--out", metavar="FILE", help="also write the markdown here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="show progress bars (default off)")
+
     p = sub.add_parser("report", help="markdown report of experiment run folders")
     p.add_argument("runs", nargs="+", help="run folders or folders containing them")
     p.add_argument("--out", metavar="FILE", help="write the report here instead of printing it")
@@ -401,6 +426,7 @@ COMMANDS = {
     "report": commands.cmd_report,
     "experiment": _cmd_experiment,
     "run-all": _cmd_run_all,
+    "quality": quality.cmd_quality,
 }
 
 
