@@ -13,8 +13,9 @@ Contract:
   noise of every image and the nets' initialisation, the same for every
   variant. Every image of one seed goes through one `fitting.fit_samples`
   call per variant. Returns one `Row` per variant (PSNRs per image and
-  seed, seconds) and, for variants with restarts, the ensemble numbers per
-  image and seed (`ensemble.ensemble_metrics`).
+  seed, seconds; `on_row(row)` is called as each is done) and, for
+  variants with restarts, the ensemble numbers per image and seed
+  (`ensemble.ensemble_metrics`).
 - `markdown(rows, ensembles, settings)`: the tables.
 
 The baseline is the denoising task of the paper (`tasks.task('denoising')`:
@@ -116,7 +117,7 @@ def _task(variant: Variant, *, steps: int, width: int | None, scales: int | None
 
 def measure(images: Sequence[Path], variants: Sequence[Variant], *, size: int = 64, steps: int = 300,
             seeds: int = 2, width: int | None = None, scales: int | None = None, sigma: float = 25.0,
-            progress: bool = False) -> tuple[list[Row], list[dict]]:
+            progress: bool = False, on_row: Callable | None = None) -> tuple[list[Row], list[dict]]:
     """Fit every variant on every image and seed (see the module docstring)."""
     clean = [(_display(p), _clean_crop(p, size)) for p in images]
     by_seed = []
@@ -140,6 +141,8 @@ def measure(images: Sequence[Path], variants: Sequence[Variant], *, size: int = 
                                       **ensemble.ensemble_metrics(result.per_restart, sample.ground_truth)})
         rows.append(Row(variant, task.fit.num_steps, psnr, time.perf_counter() - t0,
                         nets.count_params(task.net, convention="dip_jax")))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows, ensembles
 
 
@@ -214,7 +217,10 @@ def cmd_quality(args) -> int:
     print(f"dip-jax quality: {len(variants)} variants x {len(images)} images x {args.seeds} seeds, "
           f"{args.steps} steps at {args.size} px...", file=sys.stderr, flush=True)
     rows, ensembles = measure(images, variants, size=args.size, steps=args.steps, seeds=args.seeds,
-                              width=args.width, scales=args.scales, sigma=args.sigma, progress=args.progress)
+                              width=args.width, scales=args.scales, sigma=args.sigma, progress=args.progress,
+                              on_row=lambda row: print(f"dip-jax quality: {row.variant.name}: "
+                                                       f"{np.mean(list(row.psnr.values())):.2f} dB, "
+                                                       f"{row.seconds:.0f} s", file=sys.stderr, flush=True))
     net = ("the paper's skip net" if args.width is None
            else f"the paper's skip net narrowed to width {args.width}" + (f", {args.scales} scales" if args.scales else ""))
     text = markdown(rows, ensembles, {"sigma": args.sigma, "size": args.size, "images": len(images),
