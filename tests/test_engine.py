@@ -44,9 +44,11 @@ def test_batched_fit_equals_separate_fits():
         np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(together.state.params), jax.tree_util.tree_leaves(alone.state.params)):
             np.testing.assert_allclose(a[i], b[0], atol=2e-5)
+        # Adam's outputs hold to a looser bound: how far those +-lr moves show in the output depends on
+        # the CPU's vector width (1.5e-5 on an AVX2 machine, 3.3e-5 on an AVX-512 one, the same code).
         alone_adam = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
-        np.testing.assert_allclose(together_adam.output[i], alone_adam.output[0], atol=2e-5)
-        np.testing.assert_allclose(together_adam.output_avg[i], alone_adam.output_avg[0], atol=2e-5)
+        np.testing.assert_allclose(together_adam.output[i], alone_adam.output[0], atol=1e-4)
+        np.testing.assert_allclose(together_adam.output_avg[i], alone_adam.output_avg[0], atol=1e-4)
         np.testing.assert_allclose(together_adam.history["loss"][:, i], alone_adam.history["loss"][:, 0], rtol=1e-5)
 
 
