@@ -7,7 +7,9 @@ Contract:
   images x restarts). The task's measurement (`task.operator.fit_inputs`)
   gives the operator, the observations (padded to the net's size multiple:
   reflection, masks with 0 = unknown) and the other engine arguments.
-  Returns one `SampleResult` per sample, in order.
+  Returns one `SampleResult` per sample, in order. `key`: one key, or one
+  per sample (then each sample's fit depends only on its own key, not on
+  which samples share its call: what a multi-process batch relies on).
 - `checkpoint` (a `CheckpointOptions`) checkpoints each shape group to its
   own file and resumes from it. On SIGINT/SIGTERM (`handle_signals`,
   default: when checkpointing) the engine's `engine.Interrupted` propagates
@@ -137,7 +139,8 @@ def fit_samples(
             run_options.update(checkpointer=checkpoint.checkpointer(g, len(groups)), resume=checkpoint.resume)
         inputs = task.operator.fit_inputs(task, group, shared)
         try:
-            result = engine.fit(jax.random.fold_in(key, g), task.net, task.fit, inputs.observation, op=inputs.op,
+            result = engine.fit(_group_keys(key, g, indices, restarts), task.net, task.fit, inputs.observation,
+                                op=inputs.op,
                                 restarts=restarts, progress=progress, **run_options, **inputs.kwargs)
         except engine.Interrupted as stop:
             # One exception carries everything: the engine's, with every sample's result so far.
@@ -153,6 +156,15 @@ def fit_samples(
 
 def check_memory(task, samples: Sequence, *, restarts: int = 1, devices=None) -> None:
     """Raise `memory.InsufficientMemoryError`, before anything is built, when `fit_samples` of these
+def _group_keys(key, g: int, indices: Sequence[int], restarts: int):
+    """One key: group g's key (the engine splits it per item). One key per sample: each sample's R item keys
+    are split from its own key alone, so its fit does not depend on which samples share its call."""
+    if jax.numpy.ndim(key) == 0:
+        return jax.random.fold_in(key, g)
+    per_sample = key[np.asarray(indices)]
+    return jax.vmap(lambda k: jax.random.split(k, restarts))(per_sample).reshape(-1)
+
+
     same-shaped image samples in one call would not fit (the estimate the engine checks again itself).
 
     Under 'vmap' with no group size set, the engine may vmap items in small
