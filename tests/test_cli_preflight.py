@@ -176,6 +176,16 @@ BAD_COMMAND_LINES = [
     (["quality", "--variant", "nope"], "--variant"),
     (["quality", "--image", "{junk}"], "junk.png"),
     (["quality", "--out", "{file}/q.md"], "afile"),
+    # several processes (checked before the runtime starts; tests/test_distributed.py runs real ones)
+    (["batch", "{folder}", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "--process-id"),
+    (["batch", "{folder}", "--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"],
+     "--num-processes"),
+    (["batch", "{folder}", "--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
+    (["batch", "{folder}", "--coordinator", "127.0.0.1:1234"], "--num-processes"),
+    (["batch", "{folder}", "--processes", "2", "--process-id", "1"], "--process-id"),
+    (["batch", "{folder}", "--processes", "0"], "--processes"),
+    (["batch", "{folder}", "--processes", "2", "--timeout", "nan"], "--timeout"),
     (["quality", "--image", "{in}", "--size", "33"], "--size"),
     # report
     (["report", "{empty_dir}"], "empty"),

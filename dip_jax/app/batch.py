@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from dip_jax import engine, io
-from dip_jax.app import ensemble, fitting, measurements, observations, tasks
+from dip_jax.app import ensemble, fitting, measurements, multiprocess, observations, tasks
 from dip_jax.app.checks import FilePlan, UsageError, check_factor, partial_path, refuse_existing, std_outputs
 from dip_jax.app.commands import (
     PROG,
@@ -65,11 +65,31 @@ def _batch_outputs(files: Sequence[Path], out_dir: Path) -> list[Path]:
 
 
 def cmd_batch(args) -> int:
+def _size_groups(samples, indices: Sequence[int]) -> dict[tuple, list[int]]:
+    """The sample indices by image shape (in order of first appearance)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        groups.setdefault(samples[i].observation.shape, []).append(i)
+    return groups
+
+
+def _chunks(indices: list[int], batch_size: int) -> list[tuple[int, list[int], list[int]]]:
+    """(chunk index, chunk, padded chunk) of one size group, `batch_size` images per compiled call."""
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    # A short last chunk is topped up with copies so every chunk reuses one compiled program.
+    return [(n, chunk, chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(chunks) > 1 else chunk)
+            for n, chunk in enumerate(chunks)]
+
+
     import jax
 
     from dip_jax import checkpoint, operators
 
     folder = Path(args.folder)
+    if getattr(args, "processes", None) is not None:
+        multiprocess.check(args)
+        return multiprocess.launch(args)
+    settings = multiprocess.check(args) if hasattr(args, "process_id") else None
     if not folder.is_dir():
         raise UsageError(f"{args.folder!r} is not a folder; give a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -78,6 +98,21 @@ def cmd_batch(args) -> int:
     if args.task == "inpaint" and args.keep_fraction is None:
         raise UsageError("--task inpaint needs --keep-fraction F (the fraction of pixels kept at random)")
     all_files, files, loaded, skipped = files, [], [], []
+    # Several processes: each fits its share; they first check they run the same command on the same files.
+    group = multiprocess.join(args, settings, files)
+    try:
+        return _fit_batch(args, group, files)
+    finally:
+        if group is not None:
+            group.leave()
+
+
+def _fit_batch(args, group, files: list[Path]) -> int:
+    """Load, check and fit the images (this process's share of them), then write batch.json."""
+    import jax
+
+    from dip_jax import checkpoint, operators
+
     for path in all_files:
         try:
             loaded.append(load(str(path)))
@@ -108,9 +143,7 @@ def cmd_batch(args) -> int:
             sample.mask, sample.observation, sample.ground_truth = mask, image * mask, image
         samples.append(sample)
 
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.observation.shape, []).append(i)
+    groups = _size_groups(samples, multiprocess.own_items(group, len(samples)))
     out_dir = Path(args.out)
     outputs = _batch_outputs(files, out_dir)
     # Everything is checked before the first fit: paths, formats, and the memory of every call.
@@ -131,11 +164,7 @@ def cmd_batch(args) -> int:
         if args.task == "super-resolve":
             check_factor(args.factor, "lanczos2", shape, simulate=False)
         task = _batch_task(args, shape[-1])
-        chunks = [indices[i : i + args.batch_size] for i in range(0, len(indices), args.batch_size)]
-        for n, chunk in enumerate(chunks):
-            # A short last chunk is topped up with copies so every chunk reuses one compiled program.
-            padded = chunk + [chunk[-1]] * (args.batch_size - len(chunk)) if len(chunks) > 1 else chunk
-            calls.append((g, n, task, chunk, padded))
+        calls += [(g, n, task, chunk, padded) for n, chunk, padded in _chunks(indices, args.batch_size)]
         try:
             fitting.check_memory(task, [samples[i] for i in calls[-1][4]], restarts=args.restarts)
         except ValueError as err:
@@ -146,10 +175,18 @@ def cmd_batch(args) -> int:
     # batch.json is written last: it marks the folder as a finished batch (replaced only with --overwrite).
     checkpoint.prepare_output_dir(out_dir, overwrite=args.overwrite, resume=args.resume, marker=BATCH_MARKER)
     fitting.enable_compile_cache()
+    if group is not None:  # no process writes a checkpoint before all have cleared the old ones (--overwrite)
+        group.agree("prepared", "yes")
     t_all = time.perf_counter()
     entries: dict[int, dict] = {}
-    # The compiled call's index K: its checkpoint is ckpt-K.npz, found again by --resume.
-    for call, (g, n, task, chunk, padded) in enumerate(calls):
+    # The compiled call's index K: its checkpoint is ckpt-K.npz, found again by --resume. Calls are numbered
+    # over all processes (process 0's first), so every process's checkpoints have their own names.
+    first_call = sum(len(_chunks(indices, args.batch_size))
+                     for share in multiprocess.earlier_shares(group, len(samples))
+                     for indices in _size_groups(samples, share).values())
+    # Image i's key depends only on i (its place in the sorted folder), not on the call or process it lands in.
+    image_keys = jax.vmap(lambda i: jax.random.fold_in(k_fit, i))(np.arange(len(samples)))
+    for call, (g, n, task, chunk, padded) in enumerate(calls, start=first_call):
         shape = samples[chunk[0]].observation.shape
         c = shape[-1]
         name = f"ckpt-{call}"
@@ -164,7 +201,7 @@ def cmd_batch(args) -> int:
         t0 = time.perf_counter()
         try:
             with announce_fresh_start("batch"):
-                results = fitting.fit_samples(jax.random.fold_in(jax.random.fold_in(k_fit, g), n), task,
+                results = fitting.fit_samples(image_keys[np.asarray(padded)], task,
                                                  [samples[i] for i in padded], restarts=args.restarts,
                                                  progress=args.progress,
                                                  checkpoint=checkpoint_options(args, out_dir, name=name),
@@ -202,10 +239,25 @@ def cmd_batch(args) -> int:
             print(line)
     summary = {"task": args.task, "quick": args.quick, "seed": args.seed, "restarts": args.restarts,
                "images": [entries[i] for i in sorted(entries)]}
+            if result.resumed_from is not None:
+                entry["resumed_from"] = int(result.resumed_from)
+            if group is not None:
+                entry["process"] = group.process_id
     if skipped:
         summary["skipped"] = skipped
+    if group is not None:
+        # Process 0 waits for every process's entries (noticing a process that died) and writes batch.json.
+        merged = multiprocess.gather_entries(group, entries)
+        if merged is None:
+            print(f"{PROG} batch: process {group.process_id}: {len(entries)} of {len(files)} images, "
+                  f"{time.perf_counter() - t_all:.1f} s -> {out_dir} (process 0 writes {BATCH_MARKER})")
+            return 0
+        entries = merged
     (out_dir / BATCH_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     left_out = f" ({len(skipped)} unreadable, skipped)" if skipped else ""
-    print(f"{PROG} batch: {len(files)} images{left_out} in {len(groups)} size group(s), "
+    if group is not None:
+        summary["processes"] = group.num_processes
+    sizes = len(_size_groups(samples, range(len(samples))))
+    print(f"{PROG} batch: {len(files)} images{left_out} in {sizes} size group(s), "
           f"{time.perf_counter() - t_all:.1f} s -> {out_dir}")
     return 0

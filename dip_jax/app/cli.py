@@ -51,7 +51,7 @@ import sys
 from typing import Sequence
 
 from dip_jax import nets
-from dip_jax.app import batch, commands, experiments, tasks
+from dip_jax.app import batch, commands, experiments, multiprocess, tasks
 from dip_jax.app import quality
 from dip_jax.app.commands import DEMO_SIGMA, DEMO_SIZE, DEMO_STEPS
 
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the experiments one after another into OUT/TASK/IMAGE/, write OUT/run_all.json "
                                    "and OUT/report.md. Those that need classifier weights are skipped without "
                                    "--weights unless --quick (random weights).")
+    multiprocess.add_options(p)
     run_all_options(p)
 
     p = sub.add_parser("quality", help="each addition (generators, ensembles ...) against the paper's default",
@@ -446,3 +447,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # `batch --processes` re-runs it
