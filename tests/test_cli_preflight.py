@@ -170,12 +170,6 @@ BAD_COMMAND_LINES = [
     (["batch", "{folder}"], "--skip-bad"),
     (["batch", "{folder}", "--task", "inpaint"], "--keep-fraction"),
     (["batch", "{in}"], "in.png"),
-    (["flash", "--flash", "{in}", "--no-flash", RGB], "no-flash"),
-    # quality
-    (["quality", "--seeds", "0"], "--seeds"),
-    (["quality", "--variant", "nope"], "--variant"),
-    (["quality", "--image", "{junk}"], "junk.png"),
-    (["quality", "--out", "{file}/q.md"], "afile"),
     # several processes (checked before the runtime starts; tests/test_distributed.py runs real ones)
     (["batch", "{folder}", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
      "--process-id"),
@@ -186,6 +180,12 @@ BAD_COMMAND_LINES = [
     (["batch", "{folder}", "--processes", "2", "--process-id", "1"], "--process-id"),
     (["batch", "{folder}", "--processes", "0"], "--processes"),
     (["batch", "{folder}", "--processes", "2", "--timeout", "nan"], "--timeout"),
+    (["flash", "--flash", "{in}", "--no-flash", RGB], "no-flash"),
+    # quality
+    (["quality", "--seeds", "0"], "--seeds"),
+    (["quality", "--variant", "nope"], "--variant"),
+    (["quality", "--image", "{junk}"], "junk.png"),
+    (["quality", "--out", "{file}/q.md"], "afile"),
     (["quality", "--image", "{in}", "--size", "33"], "--size"),
     # report
     (["report", "{empty_dir}"], "empty"),

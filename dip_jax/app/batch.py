@@ -64,7 +64,6 @@ def _batch_outputs(files: Sequence[Path], out_dir: Path) -> list[Path]:
     return [out_dir / name for name in names]
 
 
-def cmd_batch(args) -> int:
 def _size_groups(samples, indices: Sequence[int]) -> dict[tuple, list[int]]:
     """The sample indices by image shape (in order of first appearance)."""
     groups: dict[tuple, list[int]] = {}
@@ -81,15 +80,16 @@ def _chunks(indices: list[int], batch_size: int) -> list[tuple[int, list[int], l
             for n, chunk in enumerate(chunks)]
 
 
+def cmd_batch(args) -> int:
     import jax
 
     from dip_jax import checkpoint, operators
 
-    folder = Path(args.folder)
     if getattr(args, "processes", None) is not None:
         multiprocess.check(args)
         return multiprocess.launch(args)
     settings = multiprocess.check(args) if hasattr(args, "process_id") else None
+    folder = Path(args.folder)
     if not folder.is_dir():
         raise UsageError(f"{args.folder!r} is not a folder; give a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -97,7 +97,6 @@ def _chunks(indices: list[int], batch_size: int) -> list[tuple[int, list[int], l
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.folder!r}")
     if args.task == "inpaint" and args.keep_fraction is None:
         raise UsageError("--task inpaint needs --keep-fraction F (the fraction of pixels kept at random)")
-    all_files, files, loaded, skipped = files, [], [], []
     # Several processes: each fits its share; they first check they run the same command on the same files.
     group = multiprocess.join(args, settings, files)
     try:
@@ -113,6 +112,7 @@ def _fit_batch(args, group, files: list[Path]) -> int:
 
     from dip_jax import checkpoint, operators
 
+    all_files, files, loaded, skipped = files, [], [], []
     for path in all_files:
         try:
             loaded.append(load(str(path)))
@@ -174,9 +174,9 @@ def _fit_batch(args, group, files: list[Path]) -> int:
         refuse_existing(outputs + ([p for o in outputs for p in std_outputs(o)] if args.restarts > 1 else []), args)
     # batch.json is written last: it marks the folder as a finished batch (replaced only with --overwrite).
     checkpoint.prepare_output_dir(out_dir, overwrite=args.overwrite, resume=args.resume, marker=BATCH_MARKER)
-    fitting.enable_compile_cache()
     if group is not None:  # no process writes a checkpoint before all have cleared the old ones (--overwrite)
         group.agree("prepared", "yes")
+    fitting.enable_compile_cache()
     t_all = time.perf_counter()
     entries: dict[int, dict] = {}
     # The compiled call's index K: its checkpoint is ckpt-K.npz, found again by --resume. Calls are numbered
@@ -235,16 +235,12 @@ def _fit_batch(args, group, files: list[Path]) -> int:
                 entry.update(ensemble.ensemble_metrics(result.per_restart,
                                                        gt if gt is not None and gt.shape == result.restored.shape
                                                        else None))
-            entries[i] = entry
-            print(line)
-    summary = {"task": args.task, "quick": args.quick, "seed": args.seed, "restarts": args.restarts,
-               "images": [entries[i] for i in sorted(entries)]}
             if result.resumed_from is not None:
                 entry["resumed_from"] = int(result.resumed_from)
             if group is not None:
                 entry["process"] = group.process_id
-    if skipped:
-        summary["skipped"] = skipped
+            entries[i] = entry
+            print(line)
     if group is not None:
         # Process 0 waits for every process's entries (noticing a process that died) and writes batch.json.
         merged = multiprocess.gather_entries(group, entries)
@@ -253,10 +249,14 @@ def _fit_batch(args, group, files: list[Path]) -> int:
                   f"{time.perf_counter() - t_all:.1f} s -> {out_dir} (process 0 writes {BATCH_MARKER})")
             return 0
         entries = merged
-    (out_dir / BATCH_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-    left_out = f" ({len(skipped)} unreadable, skipped)" if skipped else ""
+    summary = {"task": args.task, "quick": args.quick, "seed": args.seed, "restarts": args.restarts,
+               "images": [entries[i] for i in sorted(entries)]}
     if group is not None:
         summary["processes"] = group.num_processes
+    if skipped:
+        summary["skipped"] = skipped
+    (out_dir / BATCH_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+    left_out = f" ({len(skipped)} unreadable, skipped)" if skipped else ""
     sizes = len(_size_groups(samples, range(len(samples))))
     print(f"{PROG} batch: {len(files)} images{left_out} in {sizes} size group(s), "
           f"{time.perf_counter() - t_all:.1f} s -> {out_dir}")

@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out images that cannot be read (listed under 'skipped' in batch.json) and restore "
                         "the rest; without it an unreadable image stops the batch before any fitting")
     _common(p, "denoising", "sr_x4", "sr_x8", "restoration_50")
+    multiprocess.add_options(p)
 
     EXPERIMENTS = experiments.EXPERIMENTS
     p = sub.add_parser("experiment", help="run an experiment of the paper into run folders (as experiments/NAME.py)",
@@ -250,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the experiments one after another into OUT/TASK/IMAGE/, write OUT/run_all.json "
                                    "and OUT/report.md. Those that need classifier weights are skipped without "
                                    "--weights unless --quick (random weights).")
-    multiprocess.add_options(p)
     run_all_options(p)
 
     p = sub.add_parser("quality", help="each addition (generators, ensembles ...) against the paper's default",
@@ -434,6 +434,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dip-jax` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # `batch --processes` re-runs it
     try:
         return COMMANDS[args.command](args)
     except ValueError as err:  # io.ImageIOError and the CLI's own errors are ValueErrors
@@ -447,4 +448,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # `batch --processes` re-runs it
