@@ -154,8 +154,6 @@ def fit_samples(
     return results  # type: ignore[return-value]
 
 
-def check_memory(task, samples: Sequence, *, restarts: int = 1, devices=None) -> None:
-    """Raise `memory.InsufficientMemoryError`, before anything is built, when `fit_samples` of these
 def _group_keys(key, g: int, indices: Sequence[int], restarts: int):
     """One key: group g's key (the engine splits it per item). One key per sample: each sample's R item keys
     are split from its own key alone, so its fit does not depend on which samples share its call."""
@@ -165,6 +163,8 @@ def _group_keys(key, g: int, indices: Sequence[int], restarts: int):
     return jax.vmap(lambda k: jax.random.split(k, restarts))(per_sample).reshape(-1)
 
 
+def check_memory(task, samples: Sequence, *, restarts: int = 1, devices=None) -> None:
+    """Raise `memory.InsufficientMemoryError`, before anything is built, when `fit_samples` of these
     same-shaped image samples in one call would not fit (the estimate the engine checks again itself).
 
     Under 'vmap' with no group size set, the engine may vmap items in small
