@@ -64,7 +64,7 @@ from dip_jax.fit import transforms as transforms_lib
 from dip_jax.fit.config import FitConfig
 from dip_jax.fit.problem import FitData, Problem, init_fn, init_key, readout_fn
 from dip_jax.fit.problem import chunk_fn as _chunk_fn
-from dip_jax.fit.step import FitState, item_op_args
+from dip_jax.fit.step import FitState, item_op_args, stop_flag
 from dip_jax.runtime import checkpoint as checkpoint_lib
 from dip_jax.runtime import memory, sharding
 from dip_jax.runtime.batching import resolve_batch_mode
@@ -82,6 +82,11 @@ class FitResult(NamedTuple):
     item; `steps`: steps done in total (resumed runs included);
     `resumed_from`: the checkpoint's step this call continued from (None: it
     started at step 0), so `steps - (resumed_from or 0)` were run by this call.
+    With a stopping rule (a transform whose state has a `stopped` field, e.g.
+    `dip_jax.fit.stopping.es_wmv`): `stop_step` is the step at which each item
+    stopped (-1: it ran all `num_steps`). Where a transform's state carries a
+    `result` (`result_avg`), that image is `output` (`output_avg`): ES-WMV's
+    output at the variance minimum, SGLD's posterior mean.
     """
 
     output: np.ndarray
@@ -96,6 +101,7 @@ class FitResult(NamedTuple):
     best_psnr: np.ndarray | None = None
     steps: int = 0
     resumed_from: int | None = None
+    stop_step: np.ndarray | None = None
 
     @property
     def restored(self) -> np.ndarray:
@@ -353,7 +359,15 @@ def _run_placed(problem, state, data, *, num_steps, shared, callback, progress, 
         callback=callback, progress=progress, checkpointer=checkpointer, fingerprint=fingerprint,
         start_step=start_step, history=history, handle_signals=handle_signals,
         images=lambda state_d, data_d: _images(problem, state_d, data_d, placement), postfix=_postfix,
+        all_stopped=_all_stopped(problem, state, placement),
     )
+
+
+def _all_stopped(problem: Problem, state: FitState, placement):
+    """The host check that ends a fit whose items have all stopped; None when no item can stop."""
+    if stop_flag(state) is None:
+        return None
+    return lambda state_d: bool(np.asarray(stop_flag(state_d))[: placement.batch_size].all())
 
 
 def _images(problem: Problem, state_d, data_d, placement) -> dict:
@@ -485,8 +499,22 @@ def _result(problem: Problem, placed: Placed, restarts: int, t0: float,
         best_output = per_item(np.asarray(state_d.best_out)[:, 0])
         best_psnr = per_item(state_d.best_psnr)
     history = {k: v.reshape((v.shape[0], n, restarts)) for k, v in placed.history.items()}
+    output = per_item(np.asarray(out)[:, 0])
+    stop_step = None
+    flag = stop_flag(state_d)
+    if flag is not None:
+        stop_step = per_item(np.where(np.asarray(flag), np.asarray(state_d.step), -1))
+    for s in state_d.transforms.values():
+        # A transform's own result (ES-WMV's output at the variance minimum, SGLD's posterior mean).
+        if hasattr(s, "_fields") and "result" in s._fields:
+            output = per_item(np.asarray(s.result)[:, 0])
+            if output_avg is not None:  # `restored` prefers the average: it must be the result too
+                output_avg = per_item(np.asarray(getattr(s, "result_avg", s.result))[:, 0])
+    steps = int(np.max(np.asarray(state_d.step)[:b])) if b else 0
+    if flag is not None and placed.history:
+        steps = int(next(iter(placed.history.values())).shape[0])
     return FitResult(
-        output=per_item(np.asarray(out)[:, 0]),
+        output=output,
         output_avg=output_avg,
         history=history,
         state=placement.take(state_d),
@@ -496,6 +524,7 @@ def _result(problem: Problem, placed: Placed, restarts: int, t0: float,
         num_backtracks=per_item(state_d.num_backtracks),
         best_output=best_output,
         best_psnr=best_psnr,
-        steps=int(np.asarray(state_d.step)[0]),
+        steps=steps,
         resumed_from=resumed_from,
+        stop_step=stop_step,
     )

@@ -69,6 +69,19 @@ class FitConfig:
     divergence_check: bool = True
     divergence_drop_db: float = 15.0
     divergence_lr_factor: float = 0.5
+    # Automatic stopping per item (ES-WMV, Wang et al. TMLR 2023; `dip_jax.fit.stopping`):
+    # num_steps becomes the maximum; window W and patience P are the paper's defaults.
+    auto_stop: bool = False
+    auto_stop_window: int = 100
+    auto_stop_patience: int = 1000
+    # SGLD (Cheng et al. CVPR 2019; `dip_jax.fit.sgld`): Langevin noise of std
+    # sgld_noise_scale * learning_rate on the conv weights after each update (the
+    # reference's scaling), and the posterior mean of every sgld_every-th output after
+    # sgld_burn_in steps as the result (the reference's 2, 7000 and 50).
+    sgld: bool = False
+    sgld_noise_scale: float = 2.0
+    sgld_burn_in: int = 7000
+    sgld_every: int = 50
     # Refuse up front when the estimated memory exceeds what is available.
     check_memory: bool = _run_only(True, compiled=False)
 
@@ -105,6 +118,16 @@ class FitConfig:
             raise ValueError(f"init_rng must be 'rbg' or 'threefry2x32', got {self.init_rng!r}")
         if self.input_type not in inputs_lib.INPUT_TYPES:
             raise ValueError(f"input_type must be one of {inputs_lib.INPUT_TYPES}, got {self.input_type!r}")
+        if self.auto_stop_window < 2 or self.auto_stop_patience < 1:
+            raise ValueError(
+                f"auto_stop_window must be >= 2 and auto_stop_patience >= 1, got {self.auto_stop_window} and "
+                f"{self.auto_stop_patience}"
+            )
+        if self.sgld_noise_scale < 0 or self.sgld_burn_in < 0 or self.sgld_every < 1:
+            raise ValueError(
+                f"sgld_noise_scale and sgld_burn_in must be >= 0 and sgld_every >= 1, got {self.sgld_noise_scale}, "
+                f"{self.sgld_burn_in} and {self.sgld_every}"
+            )
         if not self.divergence_drop_db > 0:
             raise ValueError(f"divergence_drop_db must be > 0 dB, got {self.divergence_drop_db}")
         if not 0.0 < self.divergence_lr_factor <= 1.0:

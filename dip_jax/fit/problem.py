@@ -26,7 +26,7 @@ from dip_jax import losses, nets
 from dip_jax.fit import config as config_lib
 from dip_jax.fit import optim
 from dip_jax.fit import transforms as transforms_lib
-from dip_jax.fit.step import FitState, item_step, trainable_of
+from dip_jax.fit.step import FitState, item_step_or_skip, trainable_of
 from dip_jax.runtime import sharding
 from dip_jax.runtime.batching import batched
 from dip_jax.runtime.compile import jit
@@ -126,7 +126,7 @@ def _compiled_chunk(problem: Problem, mesh=None) -> Callable:
 
         return jax.lax.scan(body, state, jnp.arange(chunk))
 
-    one_step = functools.partial(item_step, problem)
+    one_step = functools.partial(item_step_or_skip, problem)
     if problem.batch_mode == "map" or problem.vmap_group_size is not None:
         # Items (or vmapped groups of them) outside, steps inside: each item's
         # state is sliced out of the batch once per chunk and carried through

@@ -14,6 +14,7 @@ optimiser's updates); its `update` hook sees the step's results
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -268,3 +269,42 @@ def hold(info: StepInfo, cond) -> StepInfo:
         num_updates=pick(before.num_updates, new.num_updates), transforms=transforms,
     )
     return info._replace(state=held)
+
+
+def stop_flag(state: FitState):
+    """True where a transform's state says its item has stopped (a `stopped` field), or None when no
+    transform of the fit can stop an item (decided when tracing: the default program is unchanged)."""
+    flags = [s.stopped for s in state.transforms.values() if hasattr(s, "_fields") and "stopped" in s._fields]
+    if not flags:
+        return None
+    return functools.reduce(jnp.logical_or, flags)
+
+
+def item_step_or_skip(problem, state: FitState, data, shared: Any):
+    """`item_step`, skipped for a stopped item (see `stop_flag`); exactly `item_step` when none can stop.
+
+    A stopped item's state is returned unchanged (its `step` stays where it
+    stopped) and its records are NaN (False for flags, True for `stopped`).
+    A `lax.cond`: under 'map' the skipped step costs nothing; under 'vmap'
+    both branches run and the item is held.
+    """
+    flag = stop_flag(state)
+    if flag is None:
+        return item_step(problem, state, data, shared)
+
+    def active(s):
+        return item_step(problem, s, data, shared)
+
+    def idle(s):
+        _, rec = jax.eval_shape(active, s)
+        return s, {k: _idle_record(k, r) for k, r in rec.items()}
+
+    return jax.lax.cond(flag, idle, active, state)
+
+
+def _idle_record(name, r):
+    if name == "stopped":
+        return jnp.ones(r.shape, r.dtype)
+    if jnp.issubdtype(r.dtype, jnp.floating):
+        return jnp.full(r.shape, jnp.nan, r.dtype)
+    return jnp.zeros(r.shape, r.dtype)

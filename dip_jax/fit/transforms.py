@@ -276,6 +276,15 @@ def default_transforms(cfg, *, has_ground_truth: bool) -> tuple[StepTransform, .
         chain.append(divergence_rollback(cfg.divergence_drop_db, cfg.divergence_lr_factor))
     if has_ground_truth:
         chain.append(best_output)
+    if cfg.sgld:
+        from dip_jax.fit.sgld import sgld  # sgld imports this module
+
+        chain.append(sgld(cfg.learning_rate, noise_scale=cfg.sgld_noise_scale, burn_in=cfg.sgld_burn_in,
+                          every=cfg.sgld_every))
+    if cfg.auto_stop:
+        from dip_jax.fit.stopping import es_wmv  # stopping imports this module
+
+        chain.append(es_wmv(cfg.auto_stop_window, cfg.auto_stop_patience))
     return tuple(chain)
 
 

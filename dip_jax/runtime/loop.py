@@ -5,7 +5,8 @@ Contract: `run_chunks(chunk, state, data, shared, ...)` calls the compiled
 `chunk_size` steps, steps past `n_active` skipped) until `num_steps` steps
 are done, and between chunks: collects the per-step records `(steps, B)` as
 numpy, updates the progress bar, calls `callback(host_state, records)`
-(True stops early), writes checkpoints every `checkpointer.every` steps
+(True stops early), ends the run when `all_stopped(state)` (the device
+state; given when items can stop on their own) says every item has stopped, writes checkpoints every `checkpointer.every` steps
 (chunks are cut there), at the end and on SIGINT/SIGTERM, after which
 `Interrupted` is raised. The first call compiles `chunk` with no active step
 and hands the compiler's scratch memory back before any real work.
@@ -64,7 +65,8 @@ class Placed(NamedTuple):
 
 def run_chunks(chunk: Callable, placement, state_d, data_d, shared_d, *, num_steps: int, chunk_size: int,
                callback=None, progress=False, checkpointer=None, fingerprint=None, start_step=0, history=None,
-               handle_signals=None, images: Callable | None = None, postfix: Callable | None = None) -> Placed:
+               handle_signals=None, images: Callable | None = None, postfix: Callable | None = None,
+               all_stopped: Callable | None = None) -> Placed:
     """Advance `num_steps` steps (see the module docstring); `images(state_d, data_d)` feeds checkpoints."""
     b = placement.batch_size
     if num_steps > 0:
@@ -109,6 +111,7 @@ def run_chunks(chunk: Callable, placement, state_d, data_d, shared_d, *, num_ste
                     if postfix is not None:
                         bar.set_postfix(postfix(records))
                 stop = callback is not None and callback(host_state(), records)
+                stop = stop or (all_stopped is not None and bool(all_stopped(state_d)))
                 if guard.signum is not None:
                     path, error = None, None
                     if checkpointer is not None:
