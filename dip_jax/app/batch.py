@@ -25,6 +25,7 @@ from dip_jax.app.commands import (
     rollback_note,
     save,
     steps_note,
+    stop_note,
     write_partial,
 )
 
@@ -226,6 +227,9 @@ def _fit_batch(args, group, files: list[Path]) -> int:
                 entry["psnr"] = psnr(result.restored, samples[i].ground_truth)
                 entry["psnr_input"] = psnr(samples[i].observation, samples[i].ground_truth)
                 line += f"; PSNR {entry['psnr']:.2f} dB (input {entry['psnr_input']:.2f} dB)"
+            if result.stop_step is not None:  # --auto-stop: per restart, -1 = ran all the steps
+                entry["stop_step"] = [int(s) for s in result.stop_step]
+                line += stop_note(result.stop_step)
             if result.num_rollbacks is not None:
                 entry["num_rollbacks"] = [int(r) for r in result.num_rollbacks]
                 line += rollback_note(result.num_rollbacks)

@@ -136,6 +136,21 @@ def _common(p: argparse.ArgumentParser, *task_names: str) -> None:
                         "(mean over channels divided by its maximum, so the most uncertain pixel is white); in a "
                         "run folder std.npy / std.png")
     g.add_argument("--seed", type=seed_value, default=0, help="random seed (default 0)")
+    g.add_argument("--auto-stop", action="store_true",
+                   help="stop each image (each restart) on its own when its output has settled (ES-WMV, Wang et al. "
+                        "2023) and return its output at the settling point; --steps is then the maximum")
+    g.add_argument("--auto-stop-window", type=positive_int, metavar="W",
+                   help="--auto-stop: outputs in the moving-variance window (default 100)")
+    g.add_argument("--auto-stop-patience", type=positive_int, metavar="P",
+                   help="--auto-stop: steps without a new variance minimum before stopping (default 1000)")
+    g.add_argument("--sgld", action="store_true",
+                   help="Langevin noise in the updates; the result is the posterior mean of the outputs after "
+                        "--sgld-burn-in steps (Cheng et al. 2019)")
+    g.add_argument("--sgld-burn-in", type=positive_int, metavar="N",
+                   help="--sgld: steps before the first sample (default 7000, the reference's; one sample every "
+                        "50 steps)")
+    g.add_argument("--tv-weight", type=positive_float, metavar="W",
+                   help="add W x total variation of the net output to the loss (DIP-TV, Liu et al. 2019)")
     g.add_argument("--quick", action="store_true", help="narrow net and few steps: a fast, rough result on a CPU")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show the progress bar (default: on)")
@@ -436,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # `batch --processes` re-runs it
     try:
+        commands.check_fit_options(args)  # before any image is read
         return COMMANDS[args.command](args)
     except ValueError as err:  # io.ImageIOError and the CLI's own errors are ValueErrors
         message = " ".join(str(getattr(err, "cli_message", None) or err).split())

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from dip_jax import engine, io, nets
-from dip_jax.app import ensemble, fitting, measurements, observations, runs, tasks
+from dip_jax.app import checks, ensemble, fitting, measurements, observations, runs, tasks
 from dip_jax.app.checks import (
     FilePlan,
     UsageError,
@@ -58,7 +58,37 @@ def configure(task: tasks.TaskConfig, args, *, channels: int, guide_channels: in
         task = task.quick_variant()
     net = _adapt_net(task.net, channels=channels, input_channels=guide_channels, preset_name=args.net)
     task = dataclasses.replace(task, net=net, channels=channels, **changes)
-    return task.with_steps(args.steps, args.lr)
+    return fit_options(task.with_steps(args.steps, args.lr), args)
+
+
+def check_fit_options(args) -> None:
+    """Up front: --auto-stop-window/--auto-stop-patience need --auto-stop, --sgld-burn-in needs --sgld."""
+    for option, needs in (("auto_stop_window", "auto_stop"), ("auto_stop_patience", "auto_stop"),
+                          ("sgld_burn_in", "sgld")):
+        if getattr(args, option, None) is not None and not getattr(args, needs, False):
+            flag, other = "--" + option.replace("_", "-"), "--" + needs.replace("_", "-")
+            raise checks.UsageError(f"{flag} applies to {other}; add {other} or drop {flag}")
+    if getattr(args, "auto_stop_window", None) == 1:
+        raise checks.UsageError("--auto-stop-window must be >= 2 outputs (the variance of one output is 0)")
+
+
+def fit_options(task: tasks.TaskConfig, args) -> tasks.TaskConfig:
+    """--auto-stop (window, patience), --sgld (burn-in) and --tv-weight on the task's FitConfig."""
+    check_fit_options(args)
+    changes = {}
+    if getattr(args, "auto_stop", False):
+        changes["auto_stop"] = True
+    if getattr(args, "auto_stop_window", None) is not None:
+        changes["auto_stop_window"] = args.auto_stop_window
+    if getattr(args, "auto_stop_patience", None) is not None:
+        changes["auto_stop_patience"] = args.auto_stop_patience
+    if getattr(args, "sgld", False):
+        changes["sgld"] = True
+    if getattr(args, "sgld_burn_in", None) is not None:
+        changes["sgld_burn_in"] = args.sgld_burn_in
+    if getattr(args, "tv_weight", None) is not None:
+        changes["tv_weight"] = args.tv_weight
+    return dataclasses.replace(task, fit=dataclasses.replace(task.fit, **changes)) if changes else task
 
 
 def load(path: str) -> io.LoadedImage:
@@ -102,7 +132,15 @@ def _report_line(command: str, source: str, out: Path, task, found: dict, second
             text += f" (input to the net: {found['psnr_observation']:.2f} dB)"
         if "baselines" in found:
             text += f" (bicubic: {found['baselines']['bicubic']['psnr']:.2f} dB)"
-    return text + rollback_note(found.get("num_rollbacks"))
+    return text + stop_note(found.get("stop_step")) + rollback_note(found.get("num_rollbacks"))
+
+
+def stop_note(stop_steps) -> str:
+    """'; auto-stopped at step N' (per restart), or '' without --auto-stop."""
+    if stop_steps is None:
+        return ""
+    steps = ", ".join("not stopped" if int(s) < 0 else str(int(s)) for s in np.ravel(stop_steps))
+    return f"; auto-stopped at step {steps}"
 
 
 def steps_note(task, resumed_from: int | None) -> str:
@@ -338,7 +376,7 @@ def cmd_demo(args) -> int:
     clean = observations.centre_crop(sample_images.sample_image(args.image, size=2 * size), size, size)
     k_data, k_fit = jax.random.split(jax.random.key(args.seed))
     noisy = observations.add_noise(k_data, clean, DEMO_SIGMA)
-    task = demo_task(quick=args.quick, net=args.net, steps=args.steps, lr=args.lr)
+    task = fit_options(demo_task(quick=args.quick, net=args.net, steps=args.steps, lr=args.lr), args)
     sample = observations.Sample(name=args.image, observation=noisy, ground_truth=clean,
                                source=f"sample:{args.image}")
     print(f"{PROG} demo: denoising the built-in '{args.image}' photo ({size}x{size}, noise sigma {DEMO_SIGMA:g}) "

@@ -23,6 +23,7 @@ import numpy as np
 from dip_jax import checkpoint as checkpoint_lib
 from dip_jax import engine, io
 from dip_jax.app import fitting, observations, runs, tasks
+from dip_jax.app.commands import fit_options
 
 EXPERIMENTS: dict[str, tuple[dict, str]] = {
     "denoising": ({"sigma25": "denoising", "sigma50": "denoising_sigma50", "real": "denoising_real"}, "sigma25"),
@@ -118,7 +119,7 @@ def run(args, task_names) -> int:
             task = tasks.task(name)
             if args.quick:
                 task = task.quick_variant()
-            task = task.with_steps(args.steps, args.lr)
+            task = fit_options(task.with_steps(args.steps, args.lr), args)
             k_data, k_fit = jax.random.split(jax.random.fold_in(key, t))
             samples = observations.prepare_samples(k_data, task, images=args.image, masks=args.mask, guides=args.guide,
                                       units=args.unit, data=args.data, quick=args.quick)

@@ -50,6 +50,8 @@ class SampleResult:
     num_rollbacks: np.ndarray | None = None
     # The checkpoint step this call resumed at (None: started at step 0); the call ran steps - resumed_from.
     resumed_from: int | None = None
+    # --auto-stop: the step at which each restart stopped (-1: it ran all the steps), else None.
+    stop_step: np.ndarray | None = None
 
     @property
     def std(self) -> np.ndarray:
@@ -200,6 +202,8 @@ def _sample_results(result, n: int, restarts: int, window) -> list[SampleResult]
     backtracks = np.asarray(backtracks).reshape(n, restarts)
     rollbacks = getattr(result, "num_rollbacks", None)
     rollbacks = None if rollbacks is None else np.asarray(rollbacks).reshape(n, restarts)
+    stops = getattr(result, "stop_step", None)
+    stops = None if stops is None else np.asarray(stops)[:n].reshape(n, restarts)
     out = []
     for i in range(n):
         history = {k: np.asarray(v[:, i, :]) for k, v in result.history.items()}
@@ -213,6 +217,7 @@ def _sample_results(result, n: int, restarts: int, window) -> list[SampleResult]
             num_backtracks=backtracks[i],
             num_rollbacks=None if rollbacks is None else rollbacks[i],
             resumed_from=getattr(result, "resumed_from", None),
+            stop_step=None if stops is None else stops[i],
         ))
     return out
 

@@ -39,6 +39,12 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(metrics.psnr(jnp.asarray(a), jnp.asarray(b)))
 
 
+def _final_loss(loss: np.ndarray) -> float:
+    # Stopped restarts record NaN after their stop: each restart's last finite loss.
+    last = [col[np.isfinite(col)][-1] if np.isfinite(col).any() else np.nan for col in np.asarray(loss).T]
+    return float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+
+
 def sample_metrics(task: tasks.TaskConfig, sample, result) -> dict:
     """The numbers of metrics.json for one sample (PSNRs in dB)."""
     out: dict[str, Any] = {
@@ -49,11 +55,14 @@ def sample_metrics(task: tasks.TaskConfig, sample, result) -> dict:
         "restarts": int(result.per_restart.shape[0]),
         "images_in_call": result.images_in_call,
         "seconds": round(result.seconds, 3),
-        "final_loss": float(np.nanmean(result.history["loss"][-1])),
+        "final_loss": _final_loss(result.history["loss"]),
         "num_backtracks": [int(b) for b in result.num_backtracks],
     }
     if result.num_rollbacks is not None:
         out["num_rollbacks"] = [int(b) for b in result.num_rollbacks]
+    if getattr(result, "stop_step", None) is not None:
+        # --auto-stop: the step each restart stopped at (-1: it ran all `steps`).
+        out["stop_step"] = [int(s) for s in result.stop_step]
     gt = sample.ground_truth
     if gt is not None:
         out["psnr"] = _psnr(result.restored, gt)
