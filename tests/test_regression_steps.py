@@ -134,7 +134,18 @@ def load_fixture(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     return inputs, expected
 
 
-def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[str]:
+# The one case held to looser bounds after its first step: under 'vmap' the redesign's state (each
+# transform's own, no always-present average and backup) changes how XLA fuses the vmapped program,
+# which rounds the mathematically zero gradients of the biases before BatchNorm differently, and
+# Adam's first ~lr*sign(g) updates amplify that (10 steps: losses 0.7%, PSNRs 0.034 dB, outputs 0.029
+# apart). The first step still agrees exactly; the 'map' cases
+# (the CPU default) are bit-for-bit. At 300 steps the old code's own vmap and map runs of this case
+# differ by up to 0.31 dB per restart, and the redesign's vmap run lies within that spread
+# (docs/performance.md, "Numbers across the redesign").
+LOOSE_AFTER_FIRST_STEP = {"batch_vmap": (1e-2, 0.05)}  # (history rtol, output atol) from step 2 on
+
+
+def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], *, loose=None) -> list[str]:
     """The fields that differ beyond the tolerances (empty when the numbers are unchanged)."""
     problems = []
     if set(expected) != set(got):
@@ -144,12 +155,15 @@ def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list
         if e.shape != g.shape:
             problems.append(f"{k}: shape {g.shape}, fixture {e.shape}")
             continue
-        if k.startswith("history/"):
+        if k.startswith("history/") and loose is not None:
+            ok = (np.allclose(g[:1], e[:1], rtol=HISTORY_RTOL, atol=0.0, equal_nan=True)
+                  and np.allclose(g, e, rtol=loose[0], atol=0.0, equal_nan=True))
+        elif k.startswith("history/"):
             ok = np.allclose(g, e, rtol=HISTORY_RTOL, atol=0.0, equal_nan=True)
         elif k in ("num_backtracks", "num_rollbacks"):
             ok = np.array_equal(g, e)
         else:
-            ok = np.allclose(g, e, rtol=0.0, atol=OUTPUT_ATOL)
+            ok = np.allclose(g, e, rtol=0.0, atol=OUTPUT_ATOL if loose is None else loose[1])
         if not ok:
             diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
             problems.append(f"{k}: max abs diff {np.nanmax(diff):.3g}")
@@ -211,5 +225,5 @@ def test_first_steps_unchanged(name):
         pytest.skip(reason)
     inputs, expected = load_fixture(name)
     got = run_case(name, inputs)
-    problems = compare(expected, got)
+    problems = compare(expected, got, loose=LOOSE_AFTER_FIRST_STEP.get(name))
     assert not problems, f"{name}: " + "; ".join(problems)
