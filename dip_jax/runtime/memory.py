@@ -24,22 +24,14 @@ Contract:
   `batch_mode='map'` or a smaller `vmap_group_size`. The engine, under
   'vmap' with no group size set, picks the largest group that fits.
 
-Calibration (jax 0.10 XLA:CPU, skip 'default' preset, the engine's compiled
-chunk, `compile().memory_analysis()` temp + argument + output bytes): one
-item at 64/128/256/512 px needs 207/395/1146/4145 MiB; temporaries grow by
-15.0x the convolution-output bytes (4.1/16/64/257 MiB) and every further item
-adds 2-3x its state on top of its input and output state. The estimate
-(`STATE_COPIES = 4`, CPU factor 16) is 1.06-1.6x XLA's figure, above it at
-every size (tests/test_hostile_inputs.py checks this, marked slow). These
-figures predate the layers that keep only BatchNorm inputs for the backward
-pass (2026-11-30), which cut one 512 px gradient's temporaries from 2555 to
-1521 MiB, and the conv-backward and reflection-pad changes after them (1431
-MiB); the factor was left as it was, so the estimate is now more conservative
-(about 1.8x XLA's figure at 512 px) rather than re-calibrated. `engine`
-also uses `activation_bytes` to decide when a fit is large enough to release
-the initialiser's compiled code (`dip_jax.fit.api.RELEASE_INIT_CODE_ABOVE_BYTES`).
-The factor follows the convolution code: plain `lax.conv` measured 7.6x on CPU, so other
-backends (not measured here) use 10. Peak RSS is not a usable yardstick on
+Calibration: `STATE_COPIES = 4` and a CPU activation factor of 16 were fitted
+to XLA's own figures (`compile().memory_analysis()`) for the default net, and
+the estimate stays above them at every size (tests/test_hostile_inputs.py
+checks this, marked slow); the measurements and their history are in
+docs/performance.md ("Memory estimate"). `dip_jax.fit.api` also uses
+`activation_bytes` to decide when a fit is large enough to release the
+initialiser's compiled code (`RELEASE_INIT_CODE_ABOVE_BYTES`). Backends not
+measured here use a factor of 10. Peak RSS is not a usable yardstick on
 CPU: the allocator keeps freed buffers, so it reflects the largest program run
 so far. The estimate's job is to stop a fit that cannot run before it
 allocates gigabytes, not to plan to the byte.
