@@ -64,3 +64,94 @@ class TotalVariation:
 
     def __call__(self, terms) -> jax.Array:
         return total_variation(terms.out, beta=self.beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Perceptual:
+    """VGG perceptual loss: the mean squared difference of VGG-16/19 activations (`dip_jax.classifiers`).
+
+    The original's `utils/perceptual_loss` idea (features of a pretrained
+    VGG compared instead of pixels). A callable of the objective's `Terms`,
+    usable as the data term (`fit(..., loss_fn=Perceptual(...))`: compares
+    the operator output `pred` with the observation `target`) or as a
+    regulariser (`regularisers=[(w, Perceptual(..., against='reference'))]`:
+    compares the net output `out` with `shared['reference']`, (1, H, W, 3)).
+    The classifier's parameters come from the fit's `shared` argument (never
+    baked into the compiled program): `shared` itself, or
+    `shared[params_key]` when `params_key` is set (e.g. a dict that also holds
+    the reference). Only the convolutions up to the deepest layer are used,
+    so `trim(params)` of `classifiers.load_classifier`'s parameters (or
+    random ones from `model.init(key, x, layer=deepest)`) suffices.
+
+    Value: the mean over `layers` of mean((phi(a) - phi(b))^2); 0 when the
+    images are equal. Grey images are repeated to RGB. Inputs must be at least
+    `classifiers.min_input_size(arch)` pixels (32 for VGG).
+    """
+
+    arch: str = "vgg16"
+    layers: tuple = ("relu1_2", "relu2_2", "relu3_3")
+    against: str = "target"
+    style: str = "torchvision"
+    params_key: str | None = None
+
+    # objective.value calls a data term with this flag as `term(terms)` (it needs `shared`).
+    takes_terms = True
+
+    def __post_init__(self):
+        from dip_jax import classifiers
+
+        if self.arch not in ("vgg16", "vgg19"):
+            raise ValueError(f"the perceptual loss uses 'vgg16' or 'vgg19', got {self.arch!r}")
+        if self.against not in ("target", "reference"):
+            raise ValueError(f"against must be 'target' (pred vs the observation) or 'reference' (out vs "
+                             f"shared['reference']), got {self.against!r}")
+        if not self.layers:
+            raise ValueError("give at least one VGG layer, e.g. layers=('relu2_2',)")
+        object.__setattr__(self, "layers", tuple(classifiers.resolve_layer(self.arch, name) for name in self.layers))
+
+    @property
+    def deepest(self) -> str:
+        from dip_jax import classifiers
+
+        order = classifiers.layer_names(self.arch)
+        return max(self.layers, key=order.index)
+
+    def trim(self, params) -> dict:
+        """`params` (flax layout of `classifiers.load_classifier`) keeping only the layers this loss runs."""
+        from dip_jax import classifiers
+
+        model = classifiers.TorchvisionClassifier(arch=self.arch)
+        size = classifiers.min_input_size(self.arch)
+        needed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                                   layer=self.deepest))
+        inner = params["params"] if "params" in params else params
+        return {"params": {k: inner[k] for k in needed["params"]}}
+
+    def __call__(self, terms) -> jax.Array:
+        from dip_jax import classifiers
+
+        shared = terms.shared
+        if shared is None:
+            raise ValueError("the perceptual loss needs the classifier's parameters: pass shared=... to fit")
+        params = shared[self.params_key] if self.params_key is not None else shared
+        if self.against == "target":
+            a, b = terms.pred, terms.target
+        else:
+            a, b = terms.out, shared["reference"]
+        a, b = _rgb(jnp.asarray(a)), _rgb(jnp.asarray(b))
+        if a.shape != b.shape:
+            raise ValueError(f"the perceptual loss compares images of one shape, got {a.shape} and {b.shape}")
+        model = classifiers.TorchvisionClassifier(arch=self.arch)
+        both = jnp.concatenate([a, b.astype(a.dtype)], axis=0)  # one pass for both images
+        total = 0.0
+        for layer in self.layers:
+            f = classifiers.features(model, params, both, layer, style=self.style)
+            fa, fb = f[: a.shape[0]], f[a.shape[0]:]
+            total = total + jnp.mean(jnp.square(fa - fb))
+        return total / len(self.layers)
+
+
+def _rgb(x: jax.Array) -> jax.Array:
+    if x.ndim == 3:
+        x = x[None]
+    return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x

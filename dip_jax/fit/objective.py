@@ -27,7 +27,8 @@ class Terms(NamedTuple):
 
 
 def value(data_term: Callable, regularisers: tuple, terms: Terms) -> jax.Array:
-    loss = data_term(terms.pred, terms.target)
+    # A data term that needs more than (pred, target), e.g. `losses.Perceptual` (the fit's `shared`), says so.
+    loss = data_term(terms) if getattr(data_term, "takes_terms", False) else data_term(terms.pred, terms.target)
     for weight, regulariser in regularisers:
         loss = loss + weight * regulariser(terms)
     return loss

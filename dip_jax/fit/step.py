@@ -15,6 +15,7 @@ optimiser's updates); its `update` hook sees the step's results
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -191,7 +192,10 @@ def item_op_args(op_args):
 
 
 def apply_op(op, x, op_args, shared):
-    return op.apply(x, op_args) if shared is None else op.apply(x, op_args, shared)
+    # `shared` goes to operators that take it (classifier features); a fit may also pass it for a loss only.
+    if shared is None or len(inspect.signature(op.apply).parameters) < 3:
+        return op.apply(x, op_args)
+    return op.apply(x, op_args, shared)
 
 
 def item_step(problem, state: FitState, data, shared: Any):
