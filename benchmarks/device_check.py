@@ -21,7 +21,7 @@ or runs out of time is recorded and the next one still runs:
 - bench_steps, bench_restarts, bench_memory: `benchmarks/benchmark.py --gpu
   --parts steps|restarts|memory` (three runs, so a hang in one keeps the
   others' numbers); in --quick mode `--quick --no-torch` on the CPU;
-- tasks: every preset of `dip_jax.tasks` in its quick form (small image,
+- tasks: every preset of `dip_jax.app.tasks` in its quick form (small image,
   narrow net, its own few hundred steps; `--task-steps N` to change), on the
   stand-in images, one process; each fit's time, PSNR or loss, and whether
   its output is finite. --quick fits two presets for 2 steps.
@@ -199,7 +199,7 @@ def child_tasks(result_path: Path, names: list[str] | None, *, steps: int | None
     import jax
     import numpy as np
 
-    from dip_jax import experiment, tasks
+    from dip_jax.app import fitting, observations, runs, tasks
 
     names = list(tasks.TASKS) if not names else names
     failed = 0
@@ -216,13 +216,13 @@ def child_tasks(result_path: Path, names: list[str] | None, *, steps: int | None
                 try:
                     task = tasks.task(name).quick_variant().with_steps(steps)
                     k_data, k_fit = jax.random.split(jax.random.fold_in(key, t))
-                    samples = experiment.prepare_samples(k_data, task, data="none", quick=True)
+                    samples = observations.prepare_samples(k_data, task, data="none", quick=True)
                     classifier = None
                     if task.classifier is not None:
-                        model, params, _ = experiment.classifier_for(task, None, quick=True, workdir=work)
+                        model, params, _ = fitting.classifier_for(task, None, quick=True, workdir=work)
                         classifier = (model, params)
-                    results = experiment.fit_samples(k_fit, task, samples, classifier=classifier)
-                    metrics = experiment.sample_metrics(task, samples[0], results[0])
+                    results = fitting.fit_samples(k_fit, task, samples, classifier=classifier)
+                    metrics = runs.sample_metrics(task, samples[0], results[0])
                     finite = bool(np.all(np.isfinite(results[0].restored)) and np.isfinite(metrics["final_loss"]))
                     record.update(
                         status="ok" if finite else "failed",

@@ -15,7 +15,8 @@ import stat
 import numpy as np
 import pytest
 
-from dip_jax import checkpoint, io, memory, sample_images
+from dip_jax import io, sample_images
+from dip_jax.runtime import checkpoint, memory
 from dip_jax.app import cli, fitting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,7 +24,7 @@ import pytest
 
 from dip_jax import io
 from dip_jax.app import multiprocess
-from dip_jax import checkpoint, sharding
+from dip_jax.runtime import checkpoint, sharding
 from dip_jax.runtime import distributed
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dip_jax import checkpoint, io
+from dip_jax import io
+from dip_jax.runtime import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 120

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import convert, engine, memory, nets
+from dip_jax import convert, engine, nets
+from dip_jax.runtime import memory
 from dip_jax.nets import dcgan, texture_nets
 from dip_jax.nets.dcgan import DCGANConfig
 from dip_jax.nets.texture_nets import TextureNetsConfig

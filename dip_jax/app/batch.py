@@ -84,7 +84,8 @@ def _chunks(indices: list[int], batch_size: int) -> list[tuple[int, list[int], l
 def cmd_batch(args) -> int:
     import jax
 
-    from dip_jax import checkpoint, operators
+    from dip_jax import operators
+    from dip_jax.runtime import checkpoint
 
     if getattr(args, "processes", None) is not None:
         multiprocess.check(args)
@@ -111,7 +112,8 @@ def _fit_batch(args, group, files: list[Path]) -> int:
     """Load, check and fit the images (this process's share of them), then write batch.json."""
     import jax
 
-    from dip_jax import checkpoint, operators
+    from dip_jax import operators
+    from dip_jax.runtime import checkpoint
 
     all_files, files, loaded, skipped = files, [], [], []
     for path in all_files:

@@ -30,7 +30,7 @@ def partial_path(out: Path) -> Path:
 
 def prepare_checkpoint_dir(args, directory: Path, *, marker: str | None = None) -> None:
     """Refuse (before fitting) to start over on an unfinished run's checkpoints; --overwrite deletes them."""
-    from dip_jax import checkpoint
+    from dip_jax.runtime import checkpoint
 
     checkpointing = args.checkpoint_every is not None or args.resume
     if checkpointing or (args.overwrite and directory.is_dir()):
@@ -42,7 +42,7 @@ def prepare_checkpoint_dir(args, directory: Path, *, marker: str | None = None) 
 
 def refuse_existing(paths: Sequence[Path], args) -> None:
     """A finished run's output image is never replaced silently (checked before any fitting)."""
-    from dip_jax import checkpoint
+    from dip_jax.runtime import checkpoint
 
     if args.overwrite:
         return

@@ -37,7 +37,7 @@ Ctrl-C / SIGTERM finishes the current chunk, writes the checkpoint and the
 result so far as `*.partial.png` (never a NaN image, no metrics.json), says
 how to resume and exits with status 130.
 
-The settings are the paper's (`dip_jax.tasks`): they assume a GPU. On a CPU
+The settings are the paper's (`dip_jax.app.task_table`): they assume a GPU. On a CPU
 use `--quick` (narrow net, few steps) or lower `--steps`. Compiled programs
 are cached on disk (see `fitting.enable_compile_cache`), so a second run
 of the same problem starts at once.

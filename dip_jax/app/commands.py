@@ -156,7 +156,7 @@ def announce_fresh_start(command: str):
     """The library's 'resume asked, no checkpoint: starting fresh' warning as one line of this command."""
     import warnings
 
-    from dip_jax import checkpoint
+    from dip_jax.runtime import checkpoint
 
     with warnings.catch_warnings():
         show = warnings.showwarning
@@ -216,7 +216,7 @@ def interrupted(command: str, stop, task, written: Sequence[str]) -> int:
 
 
 def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key) -> int:
-    from dip_jax import checkpoint
+    from dip_jax.runtime import checkpoint
 
     out = Path(args.out) if args.out else _default_out(source, command)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(f"{out.stem}.ckpt")
@@ -368,7 +368,8 @@ def cmd_flash(args) -> int:
 def cmd_demo(args) -> int:
     import jax
 
-    from dip_jax import checkpoint, sample_images
+    from dip_jax import sample_images
+    from dip_jax.runtime import checkpoint
 
     size = 64 if args.quick else DEMO_SIZE
     # The centre of the photo at twice the size: a natural scale for a 128 px crop (a whole picture

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from dip_jax import checkpoint as checkpoint_lib
+from dip_jax.runtime import checkpoint as checkpoint_lib
 from dip_jax import engine, io
 from dip_jax.app import fitting, observations, runs, tasks
 from dip_jax.app.commands import fit_options

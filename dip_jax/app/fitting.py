@@ -98,7 +98,7 @@ class CheckpointOptions:
         object.__setattr__(self, "directory", Path(self.directory))
 
     def checkpointer(self, group: int, num_groups: int):
-        from dip_jax import checkpoint as checkpoint_lib
+        from dip_jax.runtime import checkpoint as checkpoint_lib
 
         filename = f"{self.name}.npz" if num_groups == 1 else f"{self.name}-{group}.npz"
         return checkpoint_lib.Checkpointer(self.directory, every=self.every, filename=filename)
@@ -127,7 +127,7 @@ def fit_samples(
     partial = [False] * len(samples)
     groups = _group(samples)
     if checkpoint is not None and checkpoint.resume:
-        from dip_jax import checkpoint as checkpoint_lib
+        from dip_jax.runtime import checkpoint as checkpoint_lib
 
         # Every group's checkpoint is checked before the first fit: a damaged one, or one past num_steps,
         # must not end the run after the earlier groups were fitted.
@@ -172,7 +172,7 @@ def check_memory(task, samples: Sequence, *, restarts: int = 1, devices=None) ->
     Under 'vmap' with no group size set, the engine may vmap items in small
     groups, so only the smallest such group (one item) must fit here.
     """
-    from dip_jax import batching, memory, sharding
+    from dip_jax.runtime import batching, memory, sharding
 
     if not task.fit.check_memory or not task.operator.image_like:
         return

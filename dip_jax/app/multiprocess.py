@@ -105,7 +105,7 @@ def own_items(group: distributed.Group | None, num_items: int) -> list[int]:
     """The items this process fits: all of them alone, else its `process_share`."""
     if group is None:
         return list(range(num_items))
-    from dip_jax import sharding
+    from dip_jax.runtime import sharding
 
     share = sharding.process_share(num_items)
     # The launcher and --resume rely on every process computing everyone's share the same way.

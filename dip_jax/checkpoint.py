@@ -1,7 +1,0 @@
-"""Moved to `dip_jax.runtime.checkpoint`; this name stays importable (the same module object) while callers move."""
-
-import sys
-
-from dip_jax.runtime import checkpoint as _module
-
-sys.modules[__name__] = _module
