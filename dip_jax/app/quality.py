@@ -59,7 +59,25 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("texture_nets", "texture_nets", "the original's get_net('texture_nets')", net="texture_nets"),
     Variant("dcgan", "DCGAN decoder", "the original's models/dcgan.py", net="dcgan"),
     Variant("ensemble", "ensemble R=4", "mean of 4 restarts of the default", restarts=4),
+    Variant("es_wmv", "ES-WMV auto-stop (steps = the maximum)", "Wang et al., TMLR 2023",
+            change=lambda task: _es_wmv(task)),
+    Variant("sgld", "SGLD posterior mean", "Cheng et al., CVPR 2019", change=lambda task: _sgld(task)),
 )
+
+
+def _es_wmv(task):
+    # The paper's W = 100, P = 1000 suit runs of thousands of steps; a CPU-sized run scales them down.
+    n = task.fit.num_steps
+    return dataclasses.replace(task, fit=dataclasses.replace(
+        task.fit, auto_stop=True, auto_stop_window=min(100, max(10, n // 10)),
+        auto_stop_patience=min(1000, max(20, n // 5))))
+
+
+def _sgld(task):
+    # The reference's burn-in 7000 and a sample every 50 steps, scaled to a short run.
+    n = task.fit.num_steps
+    return dataclasses.replace(task, fit=dataclasses.replace(
+        task.fit, sgld=True, sgld_burn_in=min(7000, n // 2), sgld_every=max(1, min(50, n // 40))))
 
 # The original's clean photos used when its data folder is present (relative to it).
 DIP_DATA_IMAGES = ("denoising/F16_GT.png", "sr/zebra_GT.png", "restoration/barbara.png", "inpainting/kate.png")
