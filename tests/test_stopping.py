@@ -29,7 +29,9 @@ def _fit(keys, ys, mode):
     return engine.fit(keys, TINY, dataclasses.replace(CFG, batch_mode=mode), ys)
 
 
-@pytest.mark.parametrize("mode", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
+# ~40 s each on the loaded 2-core CPU (two compiles): in .ci/run's slow step.
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["map", "vmap"])
 def test_a_batch_stops_per_item_as_its_items_alone_and_ends_when_all_stopped(mode):
     both = _fit(KEYS, YS, mode)
     stops = both.stop_step[:, 0]
