@@ -20,6 +20,7 @@ def test_the_page_has_the_four_examples():
     assert sorted(_blocks()) == ["anisotropic_tv", "discrepancy_stop", "grey_operator", "tiny_decoder"]
 
 
+@pytest.mark.slow  # four compiles (~40 s on 2 cores): CI's slow step runs them
 @pytest.mark.parametrize("name", sorted(_blocks()))
 def test_each_example_is_one_file_that_fits(name, tmp_path, monkeypatch):
     (tmp_path / f"{name}.py").write_text(_blocks()[name])
