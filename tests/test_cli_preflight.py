@@ -396,3 +396,20 @@ def test_experiment_resume_without_a_checkpoint_says_it_starts_fresh_in_one_line
     assert code == 0, err
     assert "dip-jax experiment denoising: no checkpoint ckpt.npz in 'x'; starting fresh" in err
     assert "Warning" not in err
+
+
+def test_batch_resume_reads_every_calls_checkpoint_before_the_first_fit(tmp_path, capsys, monkeypatch):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        io.save_image(folder / f"{name}.png", rng.random((16, 16, 3)).astype(np.float32))
+    out.mkdir()
+    checkpoint.save_checkpoint(out / "ckpt-0.npz", state={"a": np.zeros(2)}, step=1)
+    (out / "ckpt-1.npz").write_bytes(b"PK\x03\x04 a truncated checkpoint")  # the second call's, damaged
+    calls = []
+    monkeypatch.setattr(fitting, "fit_samples", lambda *a, **k: calls.append(a) or _identity_fit(*a, **k))
+    monkeypatch.setenv("DIP_JAX_COMPILE_CACHE", "0")
+    line = _one_error_line(capsys, ["batch", folder, "--out", out, "--quick", "--batch-size", "1", "--resume",
+                                    "--no-progress"])
+    assert "ckpt-1.npz" in line and "damaged" in line
+    assert calls == []

@@ -187,6 +187,9 @@ def _fit_batch(args, group, files: list[Path]) -> int:
     first_call = sum(len(_chunks(indices, args.batch_size))
                      for share in multiprocess.earlier_shares(group, len(samples))
                      for indices in _size_groups(samples, share).values())
+    if args.resume:  # every call's checkpoint is read (damaged, ahead of --steps) before the first fit
+        for call, (_, _, task, _, _) in enumerate(calls, start=first_call):
+            checkpoint.resume_step(out_dir / f"ckpt-{call}.npz", task.fit.num_steps)
     # Image i's key depends only on i (its place in the sorted folder), not on the call or process it lands in.
     image_keys = jax.vmap(lambda i: jax.random.fold_in(k_fit, i))(np.arange(len(samples)))
     for call, (g, n, task, chunk, padded) in enumerate(calls, start=first_call):
