@@ -151,6 +151,27 @@ def _prod(shape) -> int:
     return out
 
 
+def check_net_input(config, z) -> None:
+    """Refuse a network input that is not (N, h, w, num_input_channels) before the first layer sees it."""
+    if z.ndim != 4 or z.shape[-1] != config.num_input_channels:
+        raise ValueError(
+            f"the net expects z of shape (N, H, W, {config.num_input_channels}) but got {z.shape}; "
+            "make the input with input_depth equal to num_input_channels"
+        )
+
+
+def doubling_input_size(name: str, num_layers: int, height: int, width: int) -> tuple[int, int]:
+    """The input size of a decoder whose `num_layers` layers double all but the last: (H, W) / 2**(n - 1)."""
+    m = 2 ** (num_layers - 1)
+    if height % m or width % m or height < m or width < m:
+        raise ValueError(
+            f"the image is {height}x{width}; a {name} with {num_layers} layers doubles its input "
+            f"{num_layers - 1} times, so H and W must be multiples of {m}. Pad or crop the image, "
+            "or use fewer layers"
+        )
+    return height // m, width // m
+
+
 def check_input_size(config, height: int, width: int) -> None:
     """Raise ValueError when an image cannot go through the net unchanged."""
     m = config.size_multiple

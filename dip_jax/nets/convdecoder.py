@@ -62,14 +62,7 @@ class ConvDecoderConfig:
         return 2 ** (self.num_layers - 1)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        m = self.size_multiple
-        if height % m or width % m or height < m or width < m:
-            raise ValueError(
-                f"the image is {height}x{width}; a convdecoder with {self.num_layers} layers doubles its input "
-                f"{self.num_layers - 1} times, so H and W must be multiples of {m}. Pad or crop the image, "
-                "or use fewer layers"
-            )
-        return height // m, width // m
+        return nets.doubling_input_size("convdecoder", self.num_layers, height, width)
 
 
 @nets.register(ConvDecoderConfig)
@@ -79,11 +72,7 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, h, w, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
         x = z
         for i in range(cfg.num_layers):
             if i < cfg.num_layers - 1:

@@ -105,11 +105,7 @@ class DCGAN(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, h, w, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
 
         def bn_act(x: jax.Array, name: str) -> jax.Array:
             x = layers.BatchNorm(name=name)(x)

@@ -76,14 +76,7 @@ class DeepDecoderConfig:
         return 2 ** (len(self.num_channels) - 1)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        m = self.size_multiple
-        if height % m or width % m or height < m or width < m:
-            raise ValueError(
-                f"the image is {height}x{width}; a deep decoder with {len(self.num_channels)} layers doubles its "
-                f"input {len(self.num_channels) - 1} times, so H and W must be multiples of {m}. Pad or crop "
-                "the image, or use fewer layers"
-            )
-        return height // m, width // m
+        return nets.doubling_input_size("deep decoder", len(self.num_channels), height, width)
 
 
 @nets.register(DeepDecoderConfig)
@@ -93,11 +86,7 @@ class DeepDecoder(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, h, w, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
         x = z
         last = len(cfg.num_channels) - 1
         for i, width in enumerate(cfg.num_channels):

@@ -93,11 +93,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, H, W, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
         c = cfg.num_channels
 
         def norm(x: jax.Array, name: str) -> jax.Array:

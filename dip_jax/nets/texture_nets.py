@@ -129,11 +129,7 @@ class TextureNets(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, H, W, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
         c = cfg.conv_num
         path = _Block(c, cfg.pad, name="branch0")(_avg_pool(z, cfg.ratios[0]))
         for i in range(1, len(cfg.ratios)):

@@ -214,11 +214,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         cfg = self.config
-        if z.ndim != 4 or z.shape[-1] != cfg.num_input_channels:
-            raise ValueError(
-                f"the net expects z of shape (N, H, W, {cfg.num_input_channels}) but got {z.shape}; "
-                "make the input with input_depth equal to num_input_channels"
-            )
+        nets.check_net_input(cfg, z)
         f = cfg.filters
         encoder = lambda features, name: UNetConv2(  # noqa: E731
             features, cfg.norm_layer, cfg.need_bias, cfg.pad, name=name
