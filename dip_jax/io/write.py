@@ -71,16 +71,7 @@ def save_image(
                 "fix the computation that produced it (a NaN image is never written)."
             )
 
-    extension = Path(name).suffix.lower()
-    file_format = _SAVE_FORMATS.get(extension)
-    if file_format is None:
-        raise ImageIOError(
-            f"Cannot write image {name!r}: unsupported extension {extension or '(none)'!r}; "
-            "use .png (8/16-bit, alpha), .tif (8/16-bit, alpha) or .jpg (8-bit)."
-        )
-    if file_format == "JPEG" and (bit_depth != 8 or alpha_pixels is not None):
-        problem = "16 bits per sample" if bit_depth != 8 else "an alpha channel"
-        raise ImageIOError(f"Cannot write image {name!r}: JPEG cannot store {problem}; save it as .png or .tif.")
+    file_format = _file_format(name, bit_depth=bit_depth, alpha=alpha_pixels is not None)
 
     max_value = 255 if bit_depth == 8 else 65535
     dtype = np.uint8 if bit_depth == 8 else np.uint16
@@ -111,19 +102,7 @@ def check_can_save(path: str | os.PathLike, *, channels: int = 3, bit_depth: int
         raise ValueError(f"channels must be 1 or 3 (alpha is separate), got {channels!r}.")
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}.")
-    extension = Path(name).suffix.lower()
-    file_format = _SAVE_FORMATS.get(extension)
-    if file_format is None:
-        raise ImageIOError(
-            f"Cannot write image {name!r}: unsupported extension {extension or '(none)'!r}; "
-            "use .png (8/16-bit, alpha), .tif (8/16-bit, alpha) or .jpg (8-bit)."
-        )
-    if file_format == "JPEG" and (bit_depth != 8 or alpha):
-        problem = "16 bits per sample" if bit_depth != 8 else "an alpha channel"
-        raise ImageIOError(
-            f"Cannot write image {name!r}: the result has {problem}, which JPEG cannot store; "
-            "save it as .png or .tif."
-        )
+    _file_format(name, bit_depth=bit_depth, alpha=alpha)
     if os.path.isdir(name):
         raise ImageIOError(f"Cannot write image {name!r}: it is a folder; give a file name such as result.png.")
     check_writable_folder(Path(name).parent, what=f"image {name!r}")
@@ -155,6 +134,21 @@ def check_writable_folder(folder: str | os.PathLike, *, what: str | None = None)
             "choose a writable location."
         ) from err
     probe.close()
+
+
+def _file_format(name: str, *, bit_depth: int, alpha: bool) -> str:
+    """Pillow's format name for `name`'s extension, or ImageIOError when it cannot hold such an image."""
+    extension = Path(name).suffix.lower()
+    file_format = _SAVE_FORMATS.get(extension)
+    if file_format is None:
+        raise ImageIOError(
+            f"Cannot write image {name!r}: unsupported extension {extension or '(none)'!r}; "
+            "use .png (8/16-bit, alpha), .tif (8/16-bit, alpha) or .jpg (8-bit)."
+        )
+    if file_format == "JPEG" and (bit_depth != 8 or alpha):
+        problem = "16 bits per sample" if bit_depth != 8 else "an alpha channel"
+        raise ImageIOError(f"Cannot write image {name!r}: JPEG cannot store {problem}; save it as .png or .tif.")
+    return file_format
 
 
 def _as_single_image(values: Any, label: str) -> np.ndarray:
