@@ -97,7 +97,13 @@ def join(args, settings: distributed.Settings | None, files) -> distributed.Grou
                           f"{a.get(k)!r} here" for k in keys if k != "images")
         return shown + (" and other image files" if "images" in keys else "")
 
-    group.agree("settings", json.dumps(mine, sort_keys=True), describe=describe)
+    try:
+        group.agree("settings", json.dumps(mine, sort_keys=True), describe=describe)
+    except BaseException:
+        # Leave in order even when refusing: process 0 hosts the coordinator, and a process that loses it
+        # while still connected is aborted by JAX's runtime instead of printing its own one-line refusal.
+        group.leave()
+        raise
     return group
 
 
