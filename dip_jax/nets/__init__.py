@@ -151,6 +151,23 @@ def _prod(shape) -> int:
     return out
 
 
+def config_from_kwargs(config_cls: type, original: str, kwargs: dict):
+    """`config_cls(**kwargs)` from an original constructor's keyword arguments (`inp` = `num_input_channels`).
+
+    `original` names that constructor in the error for an unknown argument.
+    """
+    kwargs = dict(kwargs)
+    if "inp" in kwargs:
+        if "num_input_channels" in kwargs:
+            raise ValueError("give inp or num_input_channels, not both (they are the same argument)")
+        kwargs["num_input_channels"] = kwargs.pop("inp")
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ValueError(f"unknown {original}() arguments {unknown}; valid ones are {sorted(names | {'inp'})}")
+    return config_cls(**kwargs)
+
+
 def check_net_input(config, z) -> None:
     """Refuse a network input that is not (N, h, w, num_input_channels) before the first layer sees it."""
     if z.ndim != 4 or z.shape[-1] != config.num_input_channels:

@@ -135,15 +135,7 @@ def dcgan_config(**kwargs) -> DCGANConfig:
     # Accepted by the original and used nowhere in it.
     kwargs.pop("need_bias", None)
     kwargs.pop("pad", None)
-    if "inp" in kwargs:
-        if "num_input_channels" in kwargs:
-            raise ValueError("give inp or num_input_channels, not both (they are the same argument)")
-        kwargs["num_input_channels"] = kwargs.pop("inp")
-    names = {f.name for f in dataclasses.fields(DCGANConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ValueError(f"unknown dcgan() arguments {unknown}; valid ones are {sorted(names | {'inp'})}")
-    return DCGANConfig(**kwargs)
+    return nets.config_from_kwargs(DCGANConfig, "dcgan", kwargs)
 
 
 from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)

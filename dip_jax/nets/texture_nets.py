@@ -143,16 +143,7 @@ class TextureNets(nn.Module):
 
 def texture_nets_config(**kwargs) -> TextureNetsConfig:
     """A TextureNetsConfig from `get_texture_nets`' keyword arguments (`inp` or `num_input_channels`)."""
-    kwargs = dict(kwargs)
-    if "inp" in kwargs:
-        if "num_input_channels" in kwargs:
-            raise ValueError("give inp or num_input_channels, not both (they are the same argument)")
-        kwargs["num_input_channels"] = kwargs.pop("inp")
-    names = {f.name for f in dataclasses.fields(TextureNetsConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ValueError(f"unknown get_texture_nets() arguments {unknown}; valid ones are {sorted(names | {'inp'})}")
-    return TextureNetsConfig(**kwargs)
+    return nets.config_from_kwargs(TextureNetsConfig, "get_texture_nets", kwargs)
 
 
 from dip_jax import nets  # noqa: E402  (dip_jax.nets imports this file and is ready to register it)
