@@ -24,10 +24,9 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dip_jax import layers, nets
-from dip_jax.nets.unet import UNetConfig, UNetConv2, UNetUp
+from dip_jax.nets.unet import UNetConfig, UNetConv2, UNetUp, input_joiner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +66,7 @@ class AttentionUNet(nn.Module):
         cfg = self.config
         nets.check_net_input(cfg, z)
         f = cfg.filters
-        pyramid = [z]
-        if cfg.concat_x:
-            for _ in range(cfg.num_downsamplings):
-                pyramid.append(layers.pool2x(pyramid[-1], "avg"))
-
-        def with_input(x: jax.Array, level: int) -> jax.Array:
-            return jnp.concatenate([x, pyramid[level]], axis=-1) if cfg.concat_x else x
+        with_input = input_joiner(z, cfg)
 
         names = ["start", "down1", "down2", "down3", "down4"] + [f"more_down{j}" for j in range(cfg.more_layers)]
         encoded = [with_input(UNetConv2(cfg.encoder_out_channels(0), cfg.norm_layer, cfg.need_bias, cfg.pad,

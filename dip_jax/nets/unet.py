@@ -208,6 +208,20 @@ class UNetUp(nn.Module):
         return UNetConv2(self.features, None, self.use_bias, self.pad, name="conv")(joined)
 
 
+def input_joiner(z: jax.Array, cfg):
+    """`with_input(x, level)`: the encoder's features at `level`, joined with the input at that scale when
+    `cfg.concat_x` (the input pyramid is average-pooled, while the encoder max-pools); `x` otherwise."""
+    pyramid = [z]
+    if cfg.concat_x:
+        for _ in range(cfg.num_downsamplings):
+            pyramid.append(layers.pool2x(pyramid[-1], "avg"))
+
+    def with_input(x: jax.Array, level: int) -> jax.Array:
+        return jnp.concatenate([x, pyramid[level]], axis=-1) if cfg.concat_x else x
+
+    return with_input
+
+
 class UNet(nn.Module):
     config: UNetConfig
 
@@ -223,14 +237,7 @@ class UNet(nn.Module):
             features, cfg.upsample_mode, cfg.need_bias, cfg.pad, name=name
         )
 
-        # The input pyramid for concat_x is average-pooled, while the encoder max-pools.
-        pyramid = [z]
-        if cfg.concat_x:
-            for _ in range(cfg.num_downsamplings):
-                pyramid.append(layers.pool2x(pyramid[-1], "avg"))
-
-        def with_input(x: jax.Array, level: int) -> jax.Array:
-            return jnp.concatenate([x, pyramid[level]], axis=-1) if cfg.concat_x else x
+        with_input = input_joiner(z, cfg)
 
         names = ["start", "down1", "down2", "down3", "down4"] + [f"more_down{j}" for j in range(cfg.more_layers)]
         encoded = [with_input(encoder(cfg.encoder_out_channels(0), "start")(z), 0)]
