@@ -71,6 +71,17 @@ def _check_readable_file(name: str) -> None:
         raise ImageIOError(f"Cannot read image {name!r}: the file is empty (0 bytes); re-export or re-copy it.")
 
 
+def _check_size(name: str, height: int, width: int, max_pixels: int | None) -> None:
+    """Refuse, from the header alone, an image with no pixels or with more than `max_pixels`."""
+    if width == 0 or height == 0:
+        raise ImageIOError(
+            f"Cannot read image {name!r}: it has zero width or height ({height} x {width}, H x W); "
+            "re-export it with some pixels in it."
+        )
+    if max_pixels is not None and width * height > max_pixels:
+        raise _too_large_error(name, width, height, max_pixels)
+
+
 def _too_large_error(name: str, width: int, height: int, max_pixels: int | None) -> ImageIOError:
     what = f"Cannot read image {name!r}: it is {height} x {width} (H x W) = {width * height:,} pixels, more than"
     return ImageIOError(
@@ -99,13 +110,7 @@ def _load_locked(name: str, max_pixels: int | None) -> LoadedImage:
         raise ImageIOError(_corrupt_message(name, err)) from err
     with pil:
         width, height = pil.size
-        if width == 0 or height == 0:
-            raise ImageIOError(
-                f"Cannot read image {name!r}: it has zero width or height ({height} x {width}, H x W); "
-                "re-export it with some pixels in it."
-            )
-        if max_pixels is not None and width * height > max_pixels:
-            raise _too_large_error(name, width, height, max_pixels)
+        _check_size(name, height, width, max_pixels)
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             samples, max_value, reported_mode = _decode(pil, name)
@@ -279,13 +284,7 @@ def _load_tiff16_colour(name: str, max_pixels: int | None) -> LoadedImage | None
         if page.bitspersample != 16 or page.samplesperpixel < 2:
             return None
         height, width = page.imagelength, page.imagewidth
-        if height == 0 or width == 0:
-            raise ImageIOError(
-                f"Cannot read image {name!r}: it has zero width or height ({height} x {width}, H x W); "
-                "re-export it with some pixels in it."
-            )
-        if max_pixels is not None and width * height > max_pixels:
-            raise _too_large_error(name, width, height, max_pixels)
+        _check_size(name, height, width, max_pixels)
         photometric, axes = page.photometric, page.axes
         orientation_tag = page.tags.get(274)
         try:
