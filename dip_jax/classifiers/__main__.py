@@ -1,0 +1,3 @@
+from dip_jax.classifiers.cli import main
+
+raise SystemExit(main())
