@@ -13,6 +13,7 @@ import pytest
 import safetensors.numpy
 
 from dip_jax import classifiers
+from dip_jax.classifiers import model as classifier_model
 from dip_jax.classifiers import (
     adaptive_avg_pool,
     expected_state_shapes,
@@ -475,7 +476,7 @@ def test_vgg_round_trip_and_parity(name, tmp_path):
     assert logits.shape == (2, 1000) and bool(jnp.all(jnp.isfinite(logits))) and float(jnp.std(logits)) > 0.1
 
     torch = pytest.importorskip("torch")
-    net = torch_vgg(torch, classifiers._VGG_CONFIGS[name])
+    net = torch_vgg(torch, classifier_model._VGG_CONFIGS[name])
     net.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
     outputs = {}
     for module_name, module in net.named_modules():

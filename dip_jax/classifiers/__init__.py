@@ -54,7 +54,6 @@ random weights in the same layout, to check a pipeline without pretrained weight
 
 from dip_jax.classifiers.cli import main
 from dip_jax.classifiers.model import (
-    _VGG_CONFIGS,
     ARCHITECTURES,
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN_RGB,
