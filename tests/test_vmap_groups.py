@@ -8,14 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax.fit import optim
+from dip_jax import nets
 from dip_jax.runtime import checkpoint, memory
-from dip_jax.fit import api
 from dip_jax.fit import problem as problem_lib
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-CFG = engine.FitConfig(num_steps=3, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
-                       batch_mode="vmap", vmap_group_size=2)
+CFG = dj.FitConfig(num_steps=3, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
+                   batch_mode="vmap", vmap_group_size=2)
 KEYS = jax.random.split(jax.random.key(3), 4)
 
 
@@ -31,12 +32,12 @@ def test_grouped_vmap_fit_equals_separate_fits():
     # group, or items swapped between groups, would be far outside these bounds.
     ys = _images(3)
     sgd = optax.sgd(0.05)
-    together = engine.fit(KEYS[:3], TINY, CFG, ys, ground_truth=ys, optimizer=sgd)
+    together = dj.fit(KEYS[:3], TINY, CFG, ys, ground_truth=ys, optimizer=sgd)
     assert together.problem.batch_mode == "vmap" and together.problem.vmap_group_size == 2
     assert together.history["loss"].shape == (3, 3, 1)
     for i in range(3):
-        alone = engine.fit(KEYS[i : i + 1], TINY, dataclasses.replace(CFG, batch_mode="map", vmap_group_size=None),
-                           ys[i : i + 1], ground_truth=ys[i : i + 1], optimizer=sgd)
+        alone = dj.fit(KEYS[i : i + 1], TINY, dataclasses.replace(CFG, batch_mode="map", vmap_group_size=None),
+                       ys[i : i + 1], ground_truth=ys[i : i + 1], optimizer=sgd)
         np.testing.assert_allclose(together.output[i], alone.output[0], atol=2e-5)
         np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=2e-5)
         np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=1e-5)
@@ -45,12 +46,12 @@ def test_grouped_vmap_fit_equals_separate_fits():
 
 
 def test_a_group_as_large_as_the_batch_is_a_plain_vmap_and_batching_never_recompiles_the_init():
-    vmapped, s_vmap, _ = engine.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, vmap_group_size=8), _images(2))
+    vmapped, s_vmap, _ = dj.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, vmap_group_size=8), _images(2))
     assert vmapped.batch_mode == "vmap" and vmapped.vmap_group_size is None
-    mapped, s_map, _ = engine.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, batch_mode="map", vmap_group_size=None),
-                                      _images(2))
+    mapped, s_map, _ = dj.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, batch_mode="map", vmap_group_size=None),
+                                  _images(2))
     assert mapped.vmap_group_size is None
-    grouped, _, _ = engine.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, vmap_group_size=1), _images(2))
+    grouped, _, _ = dj.prepare(KEYS[:2], TINY, dataclasses.replace(CFG, vmap_group_size=1), _images(2))
     assert grouped.vmap_group_size == 1
     # One initialiser for all three (it does not depend on the batching), and the same initial states.
     assert problem_lib.init_key(vmapped) == problem_lib.init_key(mapped) == problem_lib.init_key(grouped)
@@ -66,11 +67,11 @@ def _fake_estimate(per_item, fixed=0):
 def test_largest_fitting_group_is_the_largest_divisor_that_fits():
     estimate = _fake_estimate(100, fixed=50)
     usable = memory.USABLE_FRACTION
-    assert api._largest_fitting_group(estimate, 6, None) is None  # free memory unknown: all at once
-    assert api._largest_fitting_group(estimate, 6, int(650 / usable) + 1) is None  # all 6 fit
-    assert api._largest_fitting_group(estimate, 6, int(549 / usable)) == 3  # 5 and 4 would fit, 3 divides 6
-    assert api._largest_fitting_group(estimate, 6, int(251 / usable)) == 2
-    assert api._largest_fitting_group(estimate, 6, int(100 / usable)) == 1  # nothing fits: 1, refused later
+    assert memory.largest_fitting_group(estimate, 6, None) is None  # free memory unknown: all at once
+    assert memory.largest_fitting_group(estimate, 6, int(650 / usable) + 1) is None  # all 6 fit
+    assert memory.largest_fitting_group(estimate, 6, int(549 / usable)) == 3  # 5 and 4 would fit, 3 divides 6
+    assert memory.largest_fitting_group(estimate, 6, int(251 / usable)) == 2
+    assert memory.largest_fitting_group(estimate, 6, int(100 / usable)) == 1  # nothing fits: 1, refused later
 
 
 def test_memory_estimate_counts_one_group_of_activations():
@@ -88,17 +89,17 @@ def test_memory_estimate_counts_one_group_of_activations():
 def test_prepare_picks_a_group_that_fits_when_all_items_do_not(monkeypatch):
     cfg = dataclasses.replace(CFG, vmap_group_size=None)
     ys = _images(4)
-    tx = engine.over_flat_vector(engine.make_optimizer(cfg))  # what prepare estimates with
+    tx = optim.over_flat_vector(optim.make_optimizer(cfg))  # what prepare estimates with
     all_four = memory.estimate_fit(TINY, cfg, (16, 16), 4, batch_mode="vmap", tx=tx)
     two = memory.estimate_fit(TINY, cfg, (16, 16), 4, batch_mode="vmap", tx=tx, group_size=2)
     # Room for two items' activations but not for four.
     free = int((two.needed_bytes + all_four.needed_bytes) / 2 / memory.USABLE_FRACTION)
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: free)
-    problem, _, _ = engine.prepare(KEYS, TINY, cfg, ys)
+    problem, _, _ = dj.prepare(KEYS, TINY, cfg, ys)
     assert problem.vmap_group_size == 2  # (fits in groups run as tested above)
     # A group the user sets is taken as given, and refused when it does not fit.
     with pytest.raises(ValueError, match="4 items vmapped together"):
-        engine.prepare(KEYS, TINY, dataclasses.replace(cfg, vmap_group_size=4), ys)
+        dj.prepare(KEYS, TINY, dataclasses.replace(cfg, vmap_group_size=4), ys)
 
 
 @pytest.mark.parametrize(

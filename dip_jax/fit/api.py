@@ -51,111 +51,26 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dip_jax import losses, nets, operators
+from dip_jax import losses, operators
 from dip_jax.fit import objective
 from dip_jax.fit import transforms as transforms_lib
+from dip_jax.fit.checks import as_item_keys, check_inputs
 from dip_jax.fit.config import FitConfig
 from dip_jax.fit.problem import FitData, Problem, init_fn, init_key, readout_fn
 from dip_jax.fit.problem import chunk_fn as _chunk_fn
-from dip_jax.fit.step import FitState, item_op_args, stop_flag
+from dip_jax.fit.result import FitResult, fit_result
+from dip_jax.fit.step import FitState, stop_flag
 from dip_jax.runtime import checkpoint as checkpoint_lib
 from dip_jax.runtime import memory, sharding
 from dip_jax.runtime.batching import resolve_batch_mode
 from dip_jax.runtime.loop import Interrupted, Placed, run_chunks
-
-
-class FitResult(NamedTuple):
-    """What `fit` returns. Arrays are numpy; per-item values are shaped (N, R, ...).
-
-    `output`: f(z) at the end (the last finite state's when divergence left
-    the final one non-finite); `output_avg`: the running average (when
-    `ema_decay` is set); `best_output`/`best_psnr`: the output with the best
-    ground-truth PSNR seen (when a ground truth was given); `num_rollbacks`:
-    divergence rollbacks per item; `num_backtracks`: backtracking restores per
-    item; `steps`: steps done in total (resumed runs included);
-    `resumed_from`: the checkpoint's step this call continued from (None: it
-    started at step 0), so `steps - (resumed_from or 0)` were run by this call.
-    With a stopping rule (a transform whose state has a `stopped` field, e.g.
-    `dip_jax.fit.stopping.es_wmv`): `stop_step` is the step at which each item
-    stopped (-1: it ran all `num_steps`). Where a transform's state carries a
-    `result` (`result_avg`), that image is `output` (`output_avg`): ES-WMV's
-    output at the variance minimum, SGLD's posterior mean.
-    """
-
-    output: np.ndarray
-    output_avg: np.ndarray | None
-    history: dict
-    state: FitState
-    problem: Problem
-    seconds: float
-    num_rollbacks: np.ndarray | None = None
-    num_backtracks: np.ndarray | None = None
-    best_output: np.ndarray | None = None
-    best_psnr: np.ndarray | None = None
-    steps: int = 0
-    resumed_from: int | None = None
-    stop_step: np.ndarray | None = None
-
-    @property
-    def restored(self) -> np.ndarray:
-        """(N, H, W, C): the averaged output if averaging is on, mean over restarts."""
-        out = self.output_avg if self.output_avg is not None else self.output
-        return out.mean(axis=1)
-
-
-def _as_item_keys(key, n: int) -> jax.Array:
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape == (2,):
-            key = jax.random.wrap_key_data(key.astype(jnp.uint32))
-        elif key.ndim == 2 and key.shape[-1] == 2:
-            key = jax.random.wrap_key_data(key.astype(jnp.uint32))
-        else:
-            raise ValueError(f"key must be a jax.random.key or a batch of N*R keys, got shape {key.shape}")
-    if key.ndim == 0:
-        return jax.random.split(key, n)
-    if key.shape != (n,):
-        raise ValueError(
-            f"got {key.shape[0]} keys for {n} batch items (images x restarts); "
-            "pass one key or exactly one per item"
-        )
-    return key
-
-
-def _as_batch(x, name: str, *, image_range: bool = False) -> np.ndarray:
-    raw = np.asarray(x)
-    if np.issubdtype(raw.dtype, np.integer):
-        raise ValueError(
-            f"{name} is an integer array ({raw.dtype}); convert it to float32 in [0, 1] first "
-            "(e.g. image / 255 for 8-bit data, or load files with dip_jax.io.load_image)"
-        )
-    if not (jnp.issubdtype(raw.dtype, jnp.floating) or raw.dtype == bool):
-        raise ValueError(f"{name} must be a float32 array with values in [0, 1], got dtype {raw.dtype}")
-    a = raw.astype(np.float32, copy=False)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4:
-        raise ValueError(f"{name} must be (H, W, C) or (N, H, W, C) float32 in [0, 1]; got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty (shape {a.shape}); give at least one image with pixels")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinite values; clean or re-load the image")
-    # Noisy observations may stray a little outside [0, 1]; values in the tens
-    # mean 0..255 data was passed without scaling.
-    lo, hi = float(a.min()), float(a.max())
-    if image_range and (lo < -1.0 or hi > 2.0):
-        raise ValueError(
-            f"{name} values span [{lo:.3g}, {hi:.3g}] but images are float32 in [0, 1]; "
-            "scale them (e.g. / 255 for 8-bit data, / 65535 for 16-bit)"
-        )
-    return a
 
 
 def prepare(
@@ -189,54 +104,11 @@ def prepare(
     Everything is checked, memory included, before any parameter is allocated.
     """
     op = operators.Identity() if op is None else op
-    # Only operators whose observation is an image promise values in [0, 1]
-    # (a feature-inversion target, for one, is not).
-    y = _as_batch(observation, "observation", image_range=getattr(op, "image_like", False))
-    n = y.shape[0]
     if not isinstance(restarts, (int, np.integer)) or restarts < 1:
         raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-    if image_size is None:
-        image_size = operators.input_size(op, y.shape[1:3])
-    h, w = image_size
-    nets.check_input_size(net_config, h, w)
-    out_shape = (1, h, w, net_config.num_output_channels)
-    if op_args is not None:
-        for leaf in jax.tree_util.tree_leaves(op_args):
-            if not hasattr(leaf, "shape") or np.ndim(leaf) < 1 or np.shape(leaf)[0] != n:
-                raise ValueError(
-                    f"op_args leaves must be arrays with a leading axis of {n} (one per image), got "
-                    f"{type(leaf).__name__} of shape {getattr(leaf, 'shape', None)}; stack per-image args "
-                    "(or repeat a shared one n times)"
-                )
-    if hasattr(op, "validate"):
-        for i in range(n):
-            op.validate(out_shape, item_op_args(jax.tree_util.tree_map(lambda a: np.asarray(a)[i], op_args)))
-    if hasattr(op, "output_shape"):
-        first_args = None
-        if op_args is not None:
-            first_args = item_op_args(jax.tree_util.tree_map(lambda a: np.asarray(a)[0], op_args))
-        expected = op.output_shape(out_shape, first_args)
-        if tuple(expected[1:]) != tuple(y.shape[1:]):
-            raise ValueError(
-                f"the observation is {y.shape[1:]} per image but the operator maps the net's "
-                f"{out_shape[1:]} output to {tuple(expected[1:])}; check the channels "
-                f"(num_output_channels={net_config.num_output_channels}) and the size"
-            )
-    gt = None
-    if ground_truth is not None:
-        gt = _as_batch(ground_truth, "ground_truth", image_range=True)
-        if gt.shape != (n, h, w, net_config.num_output_channels):
-            raise ValueError(
-                f"ground_truth is {gt.shape} but the restored images will be {(n, h, w, net_config.num_output_channels)}"
-            )
-    if net_input is not None:
-        zin = _as_batch(net_input, "net_input")
-        z_shape = (n, *nets.input_size(net_config, h, w), net_config.num_input_channels)
-        if zin.shape != z_shape:
-            raise ValueError(
-                f"net_input is {zin.shape} but the net needs {z_shape}; "
-                "set num_input_channels to its channel count"
-            )
+    y, gt, zin, (h, w) = check_inputs(net_config, op, observation, op_args=op_args, ground_truth=ground_truth,
+                                      net_input=net_input, image_size=image_size)
+    n = y.shape[0]
     batch_mode = resolve_batch_mode(fit_config.batch_mode)
     problem = Problem(net_config, fit_config, op, loss_fn, optimizer, gt is not None, batch_mode,
                       extra_transforms=transforms_lib.check_chain(transforms),
@@ -244,7 +116,7 @@ def prepare(
     transforms_lib.check_chain(problem.transforms)  # a user's name may clash with a built-in one
 
     b = n * restarts
-    item_keys = _as_item_keys(key, b)
+    item_keys = as_item_keys(key, b)
     devs = sharding.local_devices(devices)
     items_per_device = -(-b // len(devs))
     group = fit_config.vmap_group_size if batch_mode == "vmap" else None
@@ -258,7 +130,7 @@ def prepare(
     keep_init_code = True
     if fit_config.check_memory:
         if batch_mode == "vmap" and group is None:
-            group = _largest_fitting_group(estimate, items_per_device, memory.available_bytes(devs[0]))
+            group = memory.largest_fitting_group(estimate, items_per_device, memory.available_bytes(devs[0]))
         needed = estimate(group)
         memory.check_fits(needed, devs[0])
         keep_init_code = needed.activation_bytes < RELEASE_INIT_CODE_ABOVE_BYTES
@@ -275,22 +147,6 @@ def prepare(
     state = _init_states(problem, item_keys, (h, w), z_given, variables, keep_code=keep_init_code)
     memory.release_freed_host_memory()  # the initialiser's compile scratch
     return problem, state, data
-
-
-def _largest_fitting_group(estimate: Callable, items: int, available: int | None) -> int | None:
-    """The vmap group for `items` items per device: None (all at once) when that fits.
-
-    Otherwise the largest divisor of `items` whose estimate fits (groups of
-    equal size compile one vmapped step; a remainder group would compile a
-    second), or 1, whose refusal `check_fits` then explains. Unknown free
-    memory (None) means all at once.
-    """
-    if available is None or memory.fits(estimate(None), available):
-        return None
-    for size in range(items - 1, 0, -1):
-        if items % size == 0 and memory.fits(estimate(size), available):
-            return size
-    return 1
 
 
 # A fit whose activations are estimated above this releases the initialiser's
@@ -479,52 +335,7 @@ def fit(
         )
     except Interrupted as stop:
         placement = sharding.BatchPlacement(int(stop.state.step.shape[0]), devices)
-        stop.result = _result(problem, Placed(placement.put(stop.state), placement.put(data), stop.history,
+        stop.result = fit_result(problem, Placed(placement.put(stop.state), placement.put(data), stop.history,
                                                placement), restarts, t0, resumed_from)
         raise
-    return _result(problem, placed, restarts, t0, resumed_from)
-
-
-def _result(problem: Problem, placed: Placed, restarts: int, t0: float,
-            resumed_from: int | None = None) -> FitResult:
-    placement, state_d = placed.placement, placed.state
-    b = placement.batch_size
-    n = b // restarts
-    out, avg = readout_fn(problem, placement.mesh)(state_d, placed.data)
-    per_item = lambda a: np.asarray(a)[:b].reshape((n, restarts) + np.shape(a)[1:])  # noqa: E731
-    output_avg = best_output = best_psnr = None
-    if problem.fit_config.ema_decay is not None:
-        output_avg = per_item(np.asarray(avg)[:, 0])
-    if state_d.best_out is not None:
-        best_output = per_item(np.asarray(state_d.best_out)[:, 0])
-        best_psnr = per_item(state_d.best_psnr)
-    history = {k: v.reshape((v.shape[0], n, restarts)) for k, v in placed.history.items()}
-    output = per_item(np.asarray(out)[:, 0])
-    stop_step = None
-    flag = stop_flag(state_d)
-    if flag is not None:
-        stop_step = per_item(np.where(np.asarray(flag), np.asarray(state_d.step), -1))
-    for s in state_d.transforms.values():
-        # A transform's own result (ES-WMV's output at the variance minimum, SGLD's posterior mean).
-        if hasattr(s, "_fields") and "result" in s._fields:
-            output = per_item(np.asarray(s.result)[:, 0])
-            if output_avg is not None:  # `restored` prefers the average: it must be the result too
-                output_avg = per_item(np.asarray(getattr(s, "result_avg", s.result))[:, 0])
-    steps = int(np.max(np.asarray(state_d.step)[:b])) if b else 0
-    if flag is not None and placed.history:
-        steps = int(next(iter(placed.history.values())).shape[0])
-    return FitResult(
-        output=output,
-        output_avg=output_avg,
-        history=history,
-        state=placement.take(state_d),
-        problem=problem,
-        seconds=time.perf_counter() - t0,
-        num_rollbacks=per_item(state_d.num_rollbacks),
-        num_backtracks=per_item(state_d.num_backtracks),
-        best_output=best_output,
-        best_psnr=best_psnr,
-        steps=steps,
-        resumed_from=resumed_from,
-        stop_step=stop_step,
-    )
+    return fit_result(problem, placed, restarts, t0, resumed_from)

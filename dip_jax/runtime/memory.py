@@ -21,8 +21,9 @@ Contract:
 - `fits(estimate, available)`: whether it fits, keeping `1 - USABLE_FRACTION`
   spare; `check_fits(estimate, device)` raises ValueError when it does not,
   suggesting a smaller image, tiles, fewer images or restarts at once,
-  `batch_mode='map'` or a smaller `vmap_group_size`. The engine, under
-  'vmap' with no group size set, picks the largest group that fits.
+  `batch_mode='map'` or a smaller `vmap_group_size`.
+- `largest_fitting_group(estimate, items, available)`: under 'vmap' with no
+  group size set, the fit vmaps items in the largest group that fits.
 
 Calibration: `STATE_COPIES = 4` and a CPU activation factor of 16 were fitted
 to XLA's own figures (`compile().memory_analysis()`) for the default net, and
@@ -42,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -292,3 +294,19 @@ def release_freed_host_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def largest_fitting_group(estimate: Callable, items: int, available: int | None) -> int | None:
+    """The vmap group for `items` items per device: None (all at once) when that fits.
+
+    Otherwise the largest divisor of `items` whose estimate fits (groups of
+    equal size compile one vmapped step; a remainder group would compile a
+    second), or 1, whose refusal `check_fits` then explains. Unknown free
+    memory (None) means all at once.
+    """
+    if available is None or fits(estimate(None), available):
+        return None
+    for size in range(items - 1, 0, -1):
+        if items % size == 0 and fits(estimate(size), available):
+            return size
+    return 1
