@@ -22,7 +22,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dip_jax import engine, io
+import dip_jax as dj
+from dip_jax import io
 from dip_jax.app import tasks
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
             gts.append(gt)
             keys.append(jax.random.key(seed))
     t0 = time.time()
-    result = engine.fit(jax.numpy.stack(keys), task.net, cfg, np.stack(ys), ground_truth=np.stack(gts))
+    result = dj.fit(jax.numpy.stack(keys), task.net, cfg, np.stack(ys), ground_truth=np.stack(gts))
     seconds = time.time() - t0
     var = result.history["es_variance"][:, :, 0]
     psnr = result.history["psnr_gt"][:, :, 0]

@@ -10,7 +10,7 @@ It prints a table and, as its last line, one JSON object with (at least)
 `cpu_step_ratio_vs_torch_256` (dip_jax seconds per step / torch's; lower is
 better), `restart_step_ratio_R4` (seconds per restart-step fitting 4 restarts
 in one call / fitting 1), `compile_s_256` (compiling the first chunk; the
-`engine.prepare` before it, which compiles the initialiser, is
+`dj.prepare` before it, which compiles the initialiser, is
 `prepare_s_256`) and `peak_rss_ratio_vs_torch_512` (peak resident memory of a process fitting one
 512 px image, dip_jax / torch). With `--gpu` the step ratio is
 `gpu_step_ratio_vs_torch_512`, and `images_per_s_ratio_R16` (images per
@@ -26,7 +26,7 @@ all fit in memory in groups that do (`restart_batching_R<R>` says how). In
 
 How it measures (the machine may be shared, so only ratios taken in the same
 run mean anything):
-- dip_jax steps are the engine's own (`engine.prepare` + `engine.run`, one
+- dip_jax steps are the engine's own (`dj.prepare` + `dj.run`, one
   chunk per timing call): input noise, forward, loss, gradients, Adam, output
   averaging, PSNR and whatever else the engine does per step.
 - torch steps are `torch_skip.TorchFit.step` (the original notebook's
@@ -99,18 +99,18 @@ class _JaxSide:
 
     def setup(self, name, size, restarts, steps, seed=0):
         import numpy as np
-        from dip_jax import engine
+        import dip_jax as dj
 
         cfg = _net_config(self.quick)
-        fit_config = engine.FitConfig(num_steps=steps, chunk_size=steps, **DENOISING)
+        fit_config = dj.FitConfig(num_steps=steps, chunk_size=steps, **DENOISING)
         y = np.random.default_rng(seed).uniform(0, 1, (1, size, size, 3)).astype(np.float32)
         t0 = time.perf_counter()
-        problem, state, data = engine.prepare(self.jax.random.key(seed), cfg, fit_config, y, restarts=restarts)
+        problem, state, data = dj.prepare(self.jax.random.key(seed), cfg, fit_config, y, restarts=restarts)
         self.jax.block_until_ready(state)
         prepare = time.perf_counter() - t0
         # The first call compiles the chunk; one active step of it is subtracted below.
         t0 = time.perf_counter()
-        state, _ = engine.run(problem, state, data, num_steps=1)
+        state, _ = dj.run(problem, state, data, num_steps=1)
         self.jax.block_until_ready(state)
         first = time.perf_counter() - t0
         self.fits[name] = [problem, state, data]
@@ -119,11 +119,11 @@ class _JaxSide:
                 "batch_mode": problem.batch_mode, "vmap_group_size": problem.vmap_group_size}
 
     def time(self, name, steps):
-        from dip_jax import engine
+        import dip_jax as dj
 
         problem, state, data = self.fits[name]
         t0 = time.perf_counter()
-        state, _ = engine.run(problem, state, data, num_steps=steps)
+        state, _ = dj.run(problem, state, data, num_steps=steps)
         self.jax.block_until_ready(state)
         elapsed = time.perf_counter() - t0
         self.fits[name][1] = state

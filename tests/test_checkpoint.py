@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.runtime import checkpoint
 from dip_jax.fit import problem as problem_lib
 
 # The same tiny problem in every reliability test file (and test_engine's
 # map-mode batching test): one compiled chunk for all of them.
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-CFG = engine.FitConfig(num_steps=7, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
-                       backtrack=True, batch_mode="map")
+CFG = dj.FitConfig(num_steps=7, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
+                   backtrack=True, batch_mode="map")
 YS = np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
 KEYS = jax.random.split(jax.random.key(3), 3)
 
 
 def _fit(**kwargs):
-    return engine.fit(KEYS, TINY, kwargs.pop("cfg", CFG), kwargs.pop("ys", YS), ground_truth=YS, **kwargs)
+    return dj.fit(KEYS, TINY, kwargs.pop("cfg", CFG), kwargs.pop("ys", YS), ground_truth=YS, **kwargs)
 
 
 def _interrupt_at(step):
@@ -46,7 +47,7 @@ def runs(tmp_path_factory):
     directory = tmp_path_factory.mktemp("run")
     reference = _fit()
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(engine.Interrupted) as stopped:
+    with pytest.raises(dj.Interrupted) as stopped:
         _fit(checkpoint_dir=directory, checkpoint_every=3, callback=_interrupt_at(3))
     handler_after = signal.getsignal(signal.SIGINT)
     interrupted_copy = directory / "interrupted.npz"
@@ -102,7 +103,7 @@ def test_sigterm_also_checkpoints_and_a_second_signal_stops_at_once(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
     term_before, int_before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(engine.Interrupted) as stopped:
+    with pytest.raises(dj.Interrupted) as stopped:
         _fit(cfg=cfg, checkpoint_dir=tmp_path / "term", callback=terminate)
     assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 2
     assert checkpoint.load_checkpoint(tmp_path / "term" / checkpoint.CHECKPOINT_NAME).step == 2
@@ -114,7 +115,7 @@ def test_sigterm_also_checkpoints_and_a_second_signal_stops_at_once(tmp_path):
 
     with pytest.raises(KeyboardInterrupt, match="second SIGINT") as hard:
         _fit(cfg=cfg, checkpoint_dir=tmp_path / "hard", callback=twice)
-    assert not isinstance(hard.value, engine.Interrupted)
+    assert not isinstance(hard.value, dj.Interrupted)
     assert not (tmp_path / "hard" / checkpoint.CHECKPOINT_NAME).exists()
     assert signal.getsignal(signal.SIGINT) is int_before
 
@@ -173,7 +174,7 @@ def test_fit_samples_checks_every_groups_checkpoint_before_fitting(tmp_path, mon
     def no_fit(*args, **kwargs):
         raise AssertionError("the refusal must come before any group is fitted")
 
-    monkeypatch.setattr(engine, "fit", no_fit)
+    monkeypatch.setattr(dj, "fit", no_fit)
     task = tasks.task("denoising").quick_variant().with_steps(5)
     photo = np.full((16, 16, 3), 0.5, np.float32)
     samples = [observations.Sample(name="a", observation=photo),
@@ -248,7 +249,7 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(runs, tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", dies_half_way)
-    state = checkpoint.restore_state(saved, engine.prepare(KEYS, TINY, CFG, YS, ground_truth=YS)[1])
+    state = checkpoint.restore_state(saved, dj.prepare(KEYS, TINY, CFG, YS, ground_truth=YS)[1])
     with pytest.raises(OSError, match="No space"):
         checkpoint.save_checkpoint(target, state=state, step=5)
     assert target.read_bytes() == good
@@ -273,8 +274,8 @@ def test_resuming_with_other_data_is_refused(runs, tmp_path):
     with pytest.raises(checkpoint.CheckpointMismatchError, match="data"):
         _fit(checkpoint_dir=directory, resume=True, ys=YS[::-1].copy())
     with pytest.raises(checkpoint.CheckpointMismatchError, match="initial_keys"):
-        engine.fit(jax.random.split(jax.random.key(4), 3), TINY, CFG, YS, ground_truth=YS,
-                   checkpoint_dir=directory, resume=True)
+        dj.fit(jax.random.split(jax.random.key(4), 3), TINY, CFG, YS, ground_truth=YS,
+               checkpoint_dir=directory, resume=True)
 
 
 def test_fingerprint_differences_are_named(runs):
@@ -290,7 +291,7 @@ def test_fingerprint_differences_are_named(runs):
 
 def test_restore_into_a_differently_shaped_state_is_refused(runs):
     saved = checkpoint.load_checkpoint(runs["interrupted"])
-    template = engine.prepare(KEYS, TINY, CFG, YS, ground_truth=YS)[1]
+    template = dj.prepare(KEYS, TINY, CFG, YS, ground_truth=YS)[1]
     smaller = jax.tree_util.tree_map(lambda a: a[:2], template)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="this run needs"):
         checkpoint.restore_state(saved, smaller)
@@ -313,9 +314,9 @@ def test_checkpointer_arguments():
     assert checkpoint.Checkpointer("x", every=5).steps_to_next(12) == 3
     assert checkpoint.Checkpointer("x").steps_to_next(12) is None
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
-        engine.fit(KEYS, TINY, CFG, YS, resume=True)
+        dj.fit(KEYS, TINY, CFG, YS, resume=True)
     with pytest.raises(ValueError, match="checkpoint_every needs checkpoint_dir"):
-        engine.fit(KEYS, TINY, CFG, YS, checkpoint_every=3)
+        dj.fit(KEYS, TINY, CFG, YS, checkpoint_every=3)
 
 
 # --------------------------------------------------------------------------- round trips

@@ -1,6 +1,6 @@
 """Long runs from the command line: --checkpoint-every, --resume, --overwrite, Ctrl-C (dip_jax.app.cli).
 
-In-process (`cli.main`), so that a wrapper around `engine.fit` can send this
+In-process (`cli.main`), so that a wrapper around `dj.fit` can send this
 process SIGINT after a chosen step, as a user's Ctrl-C would; tiny images,
 --quick nets and a handful of steps keep it to seconds on a CPU.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dip_jax import engine, io
+import dip_jax as dj
+from dip_jax import io
 from dip_jax.app import batch, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,8 @@ def no_disk_cache(monkeypatch):
 
 @pytest.fixture
 def interrupt(monkeypatch):
-    """`interrupt(call=k, step=s)`: SIGINT once the k-th engine.fit call (from 0) has done s steps."""
-    real_fit = engine.fit
+    """`interrupt(call=k, step=s)`: SIGINT once the k-th dj.fit call (from 0) has done s steps."""
+    real_fit = dj.fit
 
     def arm(*, call: int = 0, step: int):
         calls = [0]
@@ -45,9 +46,9 @@ def interrupt(monkeypatch):
 
             return real_fit(*args, callback=send, **kwargs)
 
-        monkeypatch.setattr(engine, "fit", fit)
+        monkeypatch.setattr(dj, "fit", fit)
 
-    arm.disarm = lambda: monkeypatch.setattr(engine, "fit", real_fit)
+    arm.disarm = lambda: monkeypatch.setattr(dj, "fit", real_fit)
     return arm
 
 

@@ -8,13 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from dip_jax import engine, metrics, nets, operators
+import dip_jax as dj
+from dip_jax.fit import optim
+from dip_jax import metrics, nets, operators
 from dip_jax.fit import api
 from dip_jax.fit import problem as problem_lib
 from dip_jax.runtime import compile as runtime_compile
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-FAST = engine.FitConfig(num_steps=4, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2)
+FAST = dj.FitConfig(num_steps=4, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2)
 
 
 def _images(n, size=16, channels=3, seed=0):
@@ -35,10 +37,10 @@ def test_batched_fit_equals_separate_fits():
     ys = _images(3)
     keys = jax.random.split(jax.random.key(3), 3)
     sgd = optax.sgd(0.05)
-    together = engine.fit(keys, TINY, cfg, ys, ground_truth=ys, optimizer=sgd)
-    together_adam = engine.fit(keys, TINY, cfg, ys, ground_truth=ys)
+    together = dj.fit(keys, TINY, cfg, ys, ground_truth=ys, optimizer=sgd)
+    together_adam = dj.fit(keys, TINY, cfg, ys, ground_truth=ys)
     for i in range(3):
-        alone = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1], optimizer=sgd)
+        alone = dj.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1], optimizer=sgd)
         np.testing.assert_allclose(together.output[i], alone.output[0], atol=2e-5)
         np.testing.assert_allclose(together.output_avg[i], alone.output_avg[0], atol=2e-5)
         np.testing.assert_allclose(together.history["loss"][:, i], alone.history["loss"][:, 0], rtol=1e-5)
@@ -46,7 +48,7 @@ def test_batched_fit_equals_separate_fits():
             np.testing.assert_allclose(a[i], b[0], atol=2e-5)
         # Adam's outputs hold to a looser bound: how far those +-lr moves show in the output depends on
         # the CPU's vector width (1.5e-5 on an AVX2 machine, 3.3e-5 on an AVX-512 one, the same code).
-        alone_adam = engine.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
+        alone_adam = dj.fit(keys[i : i + 1], TINY, cfg, ys[i : i + 1], ground_truth=ys[i : i + 1])
         np.testing.assert_allclose(together_adam.output[i], alone_adam.output[0], atol=1e-4)
         np.testing.assert_allclose(together_adam.output_avg[i], alone_adam.output_avg[0], atol=1e-4)
         np.testing.assert_allclose(together_adam.history["loss"][:, i], alone_adam.history["loss"][:, 0], rtol=1e-5)
@@ -61,25 +63,25 @@ def test_vmapped_fit_equals_separate_fits():
     cfg = dataclasses.replace(FAST, batch_mode="vmap", num_steps=1)
     ys = _images(3)
     keys = jax.random.split(jax.random.key(3), 3)
-    problem, state, data = engine.prepare(keys, TINY, cfg, ys)
-    state, hist = engine.run(problem, state, data, num_steps=4)
+    problem, state, data = dj.prepare(keys, TINY, cfg, ys)
+    state, hist = dj.run(problem, state, data, num_steps=4)
     for i in range(3):
-        p1, s1, d1 = engine.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
-        s1, h1 = engine.run(p1, s1, d1, num_steps=1)
+        p1, s1, d1 = dj.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
+        s1, h1 = dj.run(p1, s1, d1, num_steps=1)
         np.testing.assert_allclose(h1["loss"][0, 0], hist["loss"][0, i], rtol=1e-6)
-        s1_rest, h1_rest = engine.run(p1, s1, d1, num_steps=3)
+        s1_rest, h1_rest = dj.run(p1, s1, d1, num_steps=3)
         np.testing.assert_allclose(h1_rest["loss"][:, 0], hist["loss"][1:, i], rtol=1e-3)
-    one_step = engine.prepare(keys, TINY, cfg, ys)
-    s_all, _ = engine.run(*one_step, num_steps=1)
-    out_all = engine.readout(one_step[0], s_all, one_step[2])
+    one_step = dj.prepare(keys, TINY, cfg, ys)
+    s_all, _ = dj.run(*one_step, num_steps=1)
+    out_all = dj.readout(one_step[0], s_all, one_step[2])
     for i in range(3):
-        p1, s1, d1 = engine.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
-        s1, _ = engine.run(p1, s1, d1, num_steps=1)
-        np.testing.assert_allclose(out_all[i], engine.readout(p1, s1, d1)[0], atol=1e-4)
+        p1, s1, d1 = dj.prepare(keys[i : i + 1], TINY, cfg, ys[i : i + 1])
+        s1, _ = dj.run(p1, s1, d1, num_steps=1)
+        np.testing.assert_allclose(out_all[i], dj.readout(p1, s1, d1)[0], atol=1e-4)
 
 
 def test_restarts_are_independent_and_shaped():
-    r = engine.fit(jax.random.key(0), TINY, FAST, _images(2), restarts=3)
+    r = dj.fit(jax.random.key(0), TINY, FAST, _images(2), restarts=3)
     assert r.output.shape == (2, 3, 16, 16, 3)
     assert r.history["loss"].shape == (4, 2, 3)
     assert not np.allclose(r.output[0, 0], r.output[0, 1])
@@ -88,19 +90,19 @@ def test_restarts_are_independent_and_shaped():
 
 def test_second_chunk_does_not_recompile():
     cfg = dataclasses.replace(FAST, num_steps=7, chunk_size=3)  # 3 chunks, the last one partial
-    r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
+    r = dj.fit(jax.random.key(0), TINY, cfg, _images(1))
     fn = problem_lib.chunk_fn(r.problem)
     assert fn._cache_size() == 1
     assert r.history["loss"].shape[0] == 7
     assert int(r.state.step[0]) == 7
-    engine.fit(jax.random.key(1), TINY, cfg, _images(1, seed=1))  # a new fit of the same problem
+    dj.fit(jax.random.key(1), TINY, cfg, _images(1, seed=1))  # a new fit of the same problem
     assert fn._cache_size() == 1
 
 
 def test_same_seed_same_result_and_different_seed_differs():
-    a = engine.fit(jax.random.key(5), TINY, FAST, _images(1))
-    b = engine.fit(jax.random.key(5), TINY, FAST, _images(1))
-    c = engine.fit(jax.random.key(6), TINY, FAST, _images(1))
+    a = dj.fit(jax.random.key(5), TINY, FAST, _images(1))
+    b = dj.fit(jax.random.key(5), TINY, FAST, _images(1))
+    c = dj.fit(jax.random.key(6), TINY, FAST, _images(1))
     np.testing.assert_array_equal(a.output, b.output)
     assert not np.allclose(a.output, c.output)
 
@@ -118,8 +120,8 @@ def test_denoising_beats_the_noisy_input():
     clean = _smooth_image(32)
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
     net = nets.narrow(nets.preset("default", num_input_channels=8), width=16, scales=3)
-    cfg = engine.FitConfig(num_steps=250, learning_rate=0.01, reg_noise_std=1 / 30, ema_decay=0.99, chunk_size=50)
-    r = engine.fit(jax.random.key(0), net, cfg, noisy, ground_truth=clean)
+    cfg = dj.FitConfig(num_steps=250, learning_rate=0.01, reg_noise_std=1 / 30, ema_decay=0.99, chunk_size=50)
+    r = dj.fit(jax.random.key(0), net, cfg, noisy, ground_truth=clean)
     noisy_psnr = float(metrics.psnr(noisy, clean))
     restored_psnr = float(metrics.psnr(r.restored[0], clean))
     assert restored_psnr > noisy_psnr + 3.0, (noisy_psnr, restored_psnr)
@@ -130,8 +132,8 @@ def test_inpainting_operator_and_optimising_the_input():
     ys = _images(2)
     mask = operators.bernoulli_mask(jax.random.key(1), (2, 16, 16, 1), 0.5)
     cfg = dataclasses.replace(FAST, opt_over="net,input", tv_weight=1e-3)
-    _, start, _ = engine.prepare(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
-    r = engine.fit(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
+    _, start, _ = dj.prepare(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
+    r = dj.fit(jax.random.key(0), TINY, cfg, ys * mask, op=operators.Mask(), op_args=mask)
     assert np.all(np.isfinite(r.output))
     # The same key gives the same starting input, which the fit moved.
     assert not np.array_equal(r.state.z, start.z)
@@ -139,8 +141,8 @@ def test_inpainting_operator_and_optimising_the_input():
 
 def test_input_only_optimisation_keeps_net_fixed():
     cfg = dataclasses.replace(FAST, opt_over="input")
-    problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))
-    new, _ = engine.run(problem, state, data, num_steps=2)
+    problem, state, data = dj.prepare(jax.random.key(0), TINY, cfg, _images(1))
+    new, _ = dj.run(problem, state, data, num_steps=2)
     for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(new.params)):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(state.z, new.z)
@@ -150,9 +152,9 @@ def test_input_only_optimisation_keeps_net_fixed():
 @pytest.mark.slow
 def test_lbfgs_after_adam_warmup_and_custom_optax():
     cfg = dataclasses.replace(FAST, optimizer="lbfgs", lbfgs_warmup_steps=2, learning_rate=0.1)
-    r = engine.fit(jax.random.key(0), TINY, cfg, _images(1))
+    r = dj.fit(jax.random.key(0), TINY, cfg, _images(1))
     assert np.all(np.isfinite(r.history["loss"]))
-    r2 = engine.fit(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.sgd(0.1))
+    r2 = dj.fit(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.sgd(0.1))
     assert np.all(np.isfinite(r2.output))
 
 
@@ -161,7 +163,7 @@ def test_optimiser_over_flat_vector_matches_it_over_the_pytree(make):
     rng = np.random.default_rng(0)
     params = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
     grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(3)]
-    tree_tx, flat_tx = make(), engine.over_flat_vector(make())
+    tree_tx, flat_tx = make(), optim.over_flat_vector(make())
 
     def run(tx, jit):
         update = jax.jit(tx.update) if jit else tx.update
@@ -192,21 +194,21 @@ def test_optimiser_over_flat_vector_matches_it_over_the_pytree(make):
 
 
 def test_builtin_optimiser_state_is_flat_and_a_custom_one_sees_the_pytree():
-    _, state, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    _, state, _ = dj.prepare(jax.random.key(0), TINY, FAST, _images(1))
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    assert isinstance(state.opt_state, engine.FlatVectorState)
+    assert isinstance(state.opt_state, optim.FlatVectorState)
     assert state.opt_state.inner[0].mu.shape == (1, num_params)
-    _, state, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.adam(0.01))
+    _, state, _ = dj.prepare(jax.random.key(0), TINY, FAST, _images(1), optimizer=optax.adam(0.01))
     mu = state.opt_state[0].mu["net"]
     assert jax.tree_util.tree_structure(mu) == jax.tree_util.tree_structure(state.params)
 
 
 def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeypatch):
-    problem, kept, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    problem, kept, _ = dj.prepare(jax.random.key(0), TINY, FAST, _images(1))
     init = problem_lib.init_fn(problem_lib.init_key(problem), (16, 16), False, False)
     assert init._cache_size() >= 1  # other tests may have compiled it for other batch sizes
     monkeypatch.setattr(api, "RELEASE_INIT_CODE_ABOVE_BYTES", 0)
-    _, released, _ = engine.prepare(jax.random.key(0), TINY, FAST, _images(1))
+    _, released, _ = dj.prepare(jax.random.key(0), TINY, FAST, _images(1))
     assert init._cache_size() == 0
 
     def plain(a):
@@ -218,10 +220,10 @@ def test_large_fits_release_the_initialisers_code_and_get_the_same_state(monkeyp
 
 def test_backtracking_restores_saved_parameters():
     cfg = dataclasses.replace(FAST, backtrack=True, reg_noise_std=0.0)
-    problem, state, data = engine.prepare(jax.random.key(0), TINY, cfg, _images(1))
+    problem, state, data = dj.prepare(jax.random.key(0), TINY, cfg, _images(1))
     # Pretend the last saved copy fitted far better than anything now: the step must fall back.
     state = state._replace(backup_psnr=jnp.full_like(state.backup_psnr, 100.0))
-    new, records = engine.run(problem, state, data, num_steps=1)
+    new, records = dj.run(problem, state, data, num_steps=1)
     assert bool(records["backtracked"][0, 0])
     assert int(new.num_backtracks[0]) == 1
     for a, b in zip(jax.tree_util.tree_leaves(state.backup["net"]), jax.tree_util.tree_leaves(new.params)):
@@ -229,32 +231,32 @@ def test_backtracking_restores_saved_parameters():
 
 
 def test_param_noise_changes_the_trajectory():
-    a = engine.fit(jax.random.key(0), TINY, FAST, _images(1))
-    b = engine.fit(jax.random.key(0), TINY, dataclasses.replace(FAST, param_noise=True), _images(1))
+    a = dj.fit(jax.random.key(0), TINY, FAST, _images(1))
+    b = dj.fit(jax.random.key(0), TINY, dataclasses.replace(FAST, param_noise=True), _images(1))
     assert not np.allclose(a.output, b.output)
 
 
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="at least 8x8"):
-        engine.fit(jax.random.key(0), TINY, FAST, _images(1, size=4))
+        dj.fit(jax.random.key(0), TINY, FAST, _images(1, size=4))
     with pytest.raises(ValueError, match="multiples of 8"):
-        engine.fit(jax.random.key(0), TINY, FAST, _images(1, size=12))
+        dj.fit(jax.random.key(0), TINY, FAST, _images(1, size=12))
     with pytest.raises(ValueError, match="NaN"):
         bad = _images(1)
         bad[0, 0, 0, 0] = np.nan
-        engine.fit(jax.random.key(0), TINY, FAST, bad)
+        dj.fit(jax.random.key(0), TINY, FAST, bad)
     with pytest.raises(ValueError, match="channels"):
-        engine.fit(jax.random.key(0), TINY, FAST, _images(1, channels=1))
+        dj.fit(jax.random.key(0), TINY, FAST, _images(1, channels=1))
     with pytest.raises(ValueError, match="mask"):
-        engine.fit(jax.random.key(0), TINY, FAST, _images(1), op=operators.Mask(), op_args=np.ones((1, 8, 8, 1), np.float32))
+        dj.fit(jax.random.key(0), TINY, FAST, _images(1), op=operators.Mask(), op_args=np.ones((1, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match="keys"):
-        engine.fit(jax.random.split(jax.random.key(0), 3), TINY, FAST, _images(2))
+        dj.fit(jax.random.split(jax.random.key(0), 3), TINY, FAST, _images(2))
     with pytest.raises(ValueError, match="ground_truth"):
-        engine.fit(jax.random.key(0), TINY, FAST, _images(1), ground_truth=_images(1, size=8))
+        dj.fit(jax.random.key(0), TINY, FAST, _images(1), ground_truth=_images(1, size=8))
     with pytest.raises(ValueError, match="learning_rate"):
-        engine.FitConfig(learning_rate=0)
+        dj.FitConfig(learning_rate=0)
     with pytest.raises(ValueError, match="opt_over"):
-        engine.FitConfig(opt_over="weights")
+        dj.FitConfig(opt_over="weights")
 
 
 def test_cpu_compile_options_unknown_to_xla_are_dropped_with_a_warning():

@@ -13,15 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from dip_jax import engine, io, nets, operators
+import dip_jax as dj
+from dip_jax import io, nets, operators
 from dip_jax.runtime import memory
 from dip_jax.fit import api
 from dip_jax.fit import problem as problem_lib
 
 # The same tiny problem as the other reliability tests: one compiled init.
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-CFG = engine.FitConfig(num_steps=7, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
-                       backtrack=True, batch_mode="map")
+CFG = dj.FitConfig(num_steps=7, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, ema_decay=0.9,
+                   backtrack=True, batch_mode="map")
 KEYS = jax.random.split(jax.random.key(3), 3)
 
 
@@ -44,7 +45,7 @@ def no_allocation(monkeypatch):
 
 
 def _prepare(observation, **kwargs):
-    return engine.prepare(jax.random.key(0), TINY, CFG, observation, **kwargs)
+    return dj.prepare(jax.random.key(0), TINY, CFG, observation, **kwargs)
 
 
 # --------------------------------------------------------------------------- files through to the engine
@@ -65,7 +66,7 @@ def test_odd_but_valid_files_become_valid_engine_inputs(tmp_path):
     loaded = [io.load_image(p) for p in _hostile_files(tmp_path)]
     batch = io.to_batch([x.image for x in loaded])
     assert batch.dtype == np.float32 and batch.shape == (3, 16, 16, 3)
-    problem, state, data = engine.prepare(KEYS, TINY, CFG, batch, ground_truth=batch)
+    problem, state, data = dj.prepare(KEYS, TINY, CFG, batch, ground_truth=batch)
     assert data.target.shape == (3, 1, 16, 16, 3)
     assert int(state.step.shape[0]) == 3
 
@@ -190,17 +191,17 @@ def test_property_any_mask_is_accepted_or_one_value_error(shape, dtype, fill, no
 def test_a_fit_that_does_not_fit_in_memory_is_refused_before_allocating(monkeypatch, no_allocation):
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 64 * 2**20)
     with pytest.raises(ValueError) as err:
-        engine.prepare(jax.random.key(0), TINY, CFG, _images(2), restarts=4)
+        dj.prepare(jax.random.key(0), TINY, CFG, _images(2), restarts=4)
     message = str(err.value)
     for hint in ("only 64 MiB is free", "smaller image", "tiles", "2 image(s) x 4 restart(s)", "check_memory=False"):
         assert hint in message, (hint, message)
     with pytest.raises(_Allocated):
-        engine.prepare(jax.random.key(0), TINY, dataclasses.replace(CFG, check_memory=False), _images(2), restarts=4)
+        dj.prepare(jax.random.key(0), TINY, dataclasses.replace(CFG, check_memory=False), _images(2), restarts=4)
 
 
 def test_an_enormous_image_exceeds_this_machine():
     net = nets.preset("default")
-    estimate = memory.estimate_fit(net, engine.FitConfig(), (16384, 16384), 1)
+    estimate = memory.estimate_fit(net, dj.FitConfig(), (16384, 16384), 1)
     available = memory.available_bytes()
     assert available is not None and 0 < available
     assert estimate.total_bytes > available
@@ -227,9 +228,9 @@ def test_memory_estimate_scales_with_items_and_mode():
 def test_memory_estimate_covers_what_xla_allocates():
     """Calibration: the estimate is above XLA's own count for the compiled step, within 2x."""
     net = nets.preset("default")
-    cfg = engine.FitConfig(chunk_size=1, batch_mode="map")
+    cfg = dj.FitConfig(chunk_size=1, batch_mode="map")
     y = _images(1, size=128)
-    problem, state, data = engine.prepare(jax.random.key(0), net, cfg, y)
+    problem, state, data = dj.prepare(jax.random.key(0), net, cfg, y)
     analysis = problem_lib.chunk_fn(problem).lower(state, data, None, np.int32(1)).compile().memory_analysis()
     xla = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
     estimate = memory.estimate_fit(net, cfg, (128, 128), 1, tx=problem.tx)

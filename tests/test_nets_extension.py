@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from dip_jax import convert, engine, nets
+import dip_jax as dj
+from dip_jax import convert, nets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,8 @@ def _image(size: int = 24) -> np.ndarray:
 def test_a_generator_from_one_file_fits_through_the_engine():
     config = TinyConfig()
     image = _image(24)
-    fit = engine.FitConfig(num_steps=40, learning_rate=0.05, chunk_size=40)
-    result = engine.fit(jax.random.key(0), config, fit, image, ground_truth=image)
+    fit = dj.FitConfig(num_steps=40, learning_rate=0.05, chunk_size=40)
+    result = dj.fit(jax.random.key(0), config, fit, image, ground_truth=image)
     loss = np.asarray(result.history["loss"]).ravel()
     assert result.output.shape == (1, 1, 24, 24, 3)
     # The net input came from the config's own input_size, not from the image size.

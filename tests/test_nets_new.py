@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import convert, engine, metrics, nets
+import dip_jax as dj
+from dip_jax import convert, metrics, nets
 from dip_jax.nets.attention_unet import AttentionGate, AttentionUNetConfig
 from dip_jax.nets.convdecoder import ConvDecoderConfig
 from dip_jax.nets.deep_decoder import DeepDecoderConfig
@@ -208,8 +209,8 @@ def _clean_and_noisy(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 def _denoise(config, steps: int, lr: float) -> tuple[float, float, np.ndarray]:
     clean, noisy = _clean_and_noisy()
-    fit = engine.FitConfig(num_steps=steps, learning_rate=lr, chunk_size=steps)
-    result = engine.fit(jax.random.key(0), config, fit, noisy, ground_truth=clean)
+    fit = dj.FitConfig(num_steps=steps, learning_rate=lr, chunk_size=steps)
+    result = dj.fit(jax.random.key(0), config, fit, noisy, ground_truth=clean)
     psnr = float(metrics.psnr(result.output[0, 0], clean))
     return psnr, float(metrics.psnr(noisy, clean)), np.asarray(result.history["loss"]).ravel()
 

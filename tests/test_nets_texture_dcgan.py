@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import convert, engine, nets
+import dip_jax as dj
+from dip_jax import convert, nets
 from dip_jax.runtime import memory
 from dip_jax.nets import dcgan, texture_nets
 from dip_jax.nets.dcgan import DCGANConfig
@@ -86,7 +87,7 @@ def test_output_and_input_sizes():
         nets.check_input_size(gan, 16, 64)
     image = np.zeros((24, 24, 3), np.float32)
     with pytest.raises(ValueError, match=r"net_input is \(1, 24, 24, 2\) but the net needs \(1, 1, 1, 2\)"):
-        engine.prepare(jax.random.key(0), gan, engine.FitConfig(), image, net_input=np.zeros((1, 24, 24, 2)))
+        dj.prepare(jax.random.key(0), gan, dj.FitConfig(), image, net_input=np.zeros((1, 24, 24, 2)))
     # Memory is estimated by running the net on the small z: its four transposed convs output
     # 8x12, 16x24, 32x48 (8 channels) and 64x96 (3 channels) float32 pixels.
     conv_bytes = memory.net_footprint(gan, 64, 96)[2]
@@ -151,8 +152,8 @@ def test_fits_an_image_through_the_engine(config):
     rng = np.random.default_rng(0)
     ramp = np.linspace(0.1, 0.8, 24, dtype=np.float32)
     image = np.clip(ramp[:, None, None] + 0.1 * rng.random((24, 24, 3)), 0, 1).astype(np.float32)
-    fit = engine.FitConfig(num_steps=30, learning_rate=0.01, chunk_size=30)
-    result = engine.fit(jax.random.key(0), config, fit, image, ground_truth=image)
+    fit = dj.FitConfig(num_steps=30, learning_rate=0.01, chunk_size=30)
+    result = dj.fit(jax.random.key(0), config, fit, image, ground_truth=image)
     loss = np.asarray(result.history["loss"]).ravel()
     assert result.output.shape == (1, 1, 24, 24, 3)
     assert np.isfinite(loss).all()

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import classifiers, engine, losses, nets
+import dip_jax as dj
+from dip_jax import classifiers, losses, nets
 from dip_jax.fit.objective import Terms
 
 LOSS = losses.Perceptual(arch="vgg16", layers=("relu1_2", "relu2_2"))
@@ -52,13 +53,13 @@ def test_bad_settings_are_refused():
 
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-CFG = engine.FitConfig(num_steps=3, chunk_size=3, batch_mode="map")
+CFG = dj.FitConfig(num_steps=3, chunk_size=3, batch_mode="map")
 KEY = jax.random.split(jax.random.key(2), 1)
 
 
 @pytest.mark.slow  # ~45 s on the loaded 2-core CPU (VGG backward compile)
 def test_a_three_step_fit_with_the_perceptual_data_term(params):
-    result = engine.fit(KEY, TINY, CFG, np.asarray(B), loss_fn=LOSS, shared=params)
+    result = dj.fit(KEY, TINY, CFG, np.asarray(B), loss_fn=LOSS, shared=params)
     loss = result.history["loss"][:, 0, 0]
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
 
@@ -66,8 +67,8 @@ def test_a_three_step_fit_with_the_perceptual_data_term(params):
 @pytest.mark.slow
 def test_a_three_step_fit_with_a_perceptual_regulariser(params):
     reg = losses.Perceptual(arch="vgg16", layers=("relu1_2",), against="reference", params_key="vgg")
-    result = engine.fit(KEY, TINY, CFG, np.asarray(B), regularisers=[(0.1, reg)],
-                        shared={"vgg": params, "reference": B})
+    result = dj.fit(KEY, TINY, CFG, np.asarray(B), regularisers=[(0.1, reg)],
+                    shared={"vgg": params, "reference": B})
     loss, psnr_fit = result.history["loss"][:, 0, 0], result.history["psnr_fit"][:, 0, 0]
     assert np.isfinite(loss).all()
     # The loss is the MSE (from the data-fit PSNR) plus the positive perceptual term.

@@ -6,7 +6,7 @@ the outputs after the last one (the read-out f(z) and the averaged output),
 computed once by `tests/fixtures/make_regression_steps.py` from the code
 before issue 14's redesign (its `config` entry records the settings). The
 cases use only what a user calls: the task registry, `experiment.prepare_samples`
-/ `fit_samples` and `engine.fit`. If the public API changes, port `run_case`
+/ `fit_samples` and `dj.fit`. If the public API changes, port `run_case`
 and `make_inputs` here; never regenerate the fixture from the new code.
 
 Tolerances: outputs 1e-5 absolute; per-step history 1e-5 relative.
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from dip_jax import engine
+import dip_jax as dj
 from dip_jax.app import fitting, observations, tasks
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "regression_steps.npz"
@@ -44,7 +44,7 @@ CASES = {
                                      {"learning_rate": 0.5, "backtrack_drop_db": 1.0, "divergence_drop_db": 2.0}),
     "text_inpainting": ("text_inpainting", ["astronaut_128.png"], ["mask_text_128.png"], 1, "fit_samples", {}),
     "sr_x4": ("sr_x4", ["astronaut_128.png"], None, 1, "fit_samples", {}),
-    # 2 images x 2 restarts in one engine.fit call.
+    # 2 images x 2 restarts in one dj.fit call.
     "batch_vmap": ("denoising", ["astronaut_128.png", "camera_128.png"], None, 2, "vmap", {}),
     "batch_map": ("denoising", ["astronaut_128.png", "camera_128.png"], None, 2, "map", {}),
 }
@@ -96,8 +96,8 @@ def run_case(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["num_rollbacks"] = np.stack([r.num_rollbacks for r in results])
         return out
     fit_config = dataclasses.replace(task.fit, batch_mode=how)
-    result = engine.fit(key, task.net, fit_config, inputs["observation"], ground_truth=inputs["ground_truth"],
-                        restarts=restarts)
+    result = dj.fit(key, task.net, fit_config, inputs["observation"], ground_truth=inputs["ground_truth"],
+                    restarts=restarts)
     out = {f"history/{k}": np.asarray(v) for k, v in result.history.items()}
     out["output"] = np.asarray(result.output)
     out["restored"] = np.asarray(result.output_avg)
@@ -118,7 +118,7 @@ def case_config(name: str) -> dict:
                    "masks": None if masks is None else [f"data/{f}" for f in masks]},
         "fit": ("experiment.fit_samples(jax.random.key(%d), task, samples, restarts=%d)" % (FIT_SEED, restarts)
                 if how == "fit_samples" else
-                "engine.fit(jax.random.key(%d), task.net, dataclasses.replace(task.fit, batch_mode=%r), "
+                "dj.fit(jax.random.key(%d), task.net, dataclasses.replace(task.fit, batch_mode=%r), "
                 "observation, ground_truth=ground_truth, restarts=%d)" % (FIT_SEED, how, restarts)),
         "task_config": task.to_dict(),
     }

@@ -5,7 +5,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.fit import sgld as sgld_lib
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
@@ -14,18 +15,18 @@ CLEAN = np.broadcast_to(np.linspace(0, 1, 16, dtype=np.float32)[None, :, None], 
 NOISY = np.clip(CLEAN + _rng.normal(0, 0.1, CLEAN.shape), 0, 1).astype(np.float32)[None]
 KEY = jax.random.split(jax.random.key(3), 1)
 # Burn-in 2, a sample every 2 steps: samples at steps 4 and 6.
-CFG = engine.FitConfig(num_steps=6, chunk_size=3, batch_mode="map", sgld=True, sgld_burn_in=2, sgld_every=2)
+CFG = dj.FitConfig(num_steps=6, chunk_size=3, batch_mode="map", sgld=True, sgld_burn_in=2, sgld_every=2)
 
 
 def test_posterior_mean_is_the_mean_of_the_sampled_outputs_and_the_variance_map_is_theirs():
-    problem, state, data = engine.prepare(KEY, TINY, CFG, NOISY)
+    problem, state, data = dj.prepare(KEY, TINY, CFG, NOISY)
     assert [t.name for t in problem.transforms][-1] == "sgld"
     outputs = []
     # No input noise: the output of step t is the read-out after t - 1 steps.
     for steps in (3, 2, 1):
-        state, records = engine.run(problem, state, data, num_steps=steps)
+        state, records = dj.run(problem, state, data, num_steps=steps)
         if steps == 3 or steps == 2:
-            outputs.append(engine.readout(problem, state, data)[0])
+            outputs.append(dj.readout(problem, state, data)[0])
     np.testing.assert_array_equal(records["sgld_samples"][-1], [2])
     sgld_state = jax.tree_util.tree_map(lambda a: a[0], state.transforms["sgld"])
     samples = np.stack(outputs).astype(np.float64)
@@ -37,10 +38,10 @@ def test_posterior_mean_is_the_mean_of_the_sampled_outputs_and_the_variance_map_
 
 def test_langevin_noise_moves_the_conv_weights_by_the_references_scale():
     plain = dataclasses.replace(CFG, sgld=False, num_steps=1)
-    problem0, s0, data = engine.prepare(KEY, TINY, plain, NOISY)
-    problem1, s1, _ = engine.prepare(KEY, TINY, dataclasses.replace(plain, sgld=True), NOISY)
-    a, _ = engine.run(problem0, s0, data, num_steps=1)
-    b, _ = engine.run(problem1, s1, data, num_steps=1)
+    problem0, s0, data = dj.prepare(KEY, TINY, plain, NOISY)
+    problem1, s1, _ = dj.prepare(KEY, TINY, dataclasses.replace(plain, sgld=True), NOISY)
+    a, _ = dj.run(problem0, s0, data, num_steps=1)
+    b, _ = dj.run(problem1, s1, data, num_steps=1)
     diffs = [(x.ndim, np.asarray(y - x)) for x, y in zip(jax.tree_util.tree_leaves(a.params),
                                                       jax.tree_util.tree_leaves(b.params))]
     conv = np.concatenate([d.ravel() for n, d in diffs if n == 5])  # 4-D weights, with the batch axis
@@ -53,7 +54,7 @@ def test_langevin_noise_moves_the_conv_weights_by_the_references_scale():
 
 
 def test_a_small_denoising_fit_returns_a_finite_mean_and_a_non_negative_variance_map():
-    result = engine.fit(KEY, TINY, dataclasses.replace(CFG, num_steps=8), NOISY)
+    result = dj.fit(KEY, TINY, dataclasses.replace(CFG, num_steps=8), NOISY)
     state = jax.tree_util.tree_map(lambda a: a[0], result.state.transforms["sgld"])
     assert int(state.count) == 3  # steps 4, 6, 8
     np.testing.assert_array_equal(result.output[0, 0], np.asarray(state.result)[0])

@@ -19,16 +19,17 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from dip_jax import engine, nets
+    import dip_jax as dj
+    from dip_jax import nets
 
     # A one-scale net keeps the two compiles (one device, four devices) short.
     net = nets.narrow(nets.preset("default", num_input_channels=2), width=4, scales=1)
-    cfg = engine.FitConfig(num_steps=3, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, batch_mode="map")
+    cfg = dj.FitConfig(num_steps=3, learning_rate=0.01, reg_noise_std=1 / 30, chunk_size=2, batch_mode="map")
     ys = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype(np.float32)
     keys = jax.random.split(jax.random.key(7), 8)
-    one = engine.fit(keys, net, cfg, ys, devices=jax.devices()[:1])
-    four = engine.fit(keys, net, cfg, ys)
-    six = engine.fit(keys[:6], net, cfg, ys[:6])  # padded to 8 on 4 devices
+    one = dj.fit(keys, net, cfg, ys, devices=jax.devices()[:1])
+    four = dj.fit(keys, net, cfg, ys)
+    six = dj.fit(keys[:6], net, cfg, ys[:6])  # padded to 8 on 4 devices
     leaf = jax.tree_util.tree_leaves(four.state.params)[0]
     diff = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
     json.dump({

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import engine, io, metrics, nets, operators
+import dip_jax as dj
+from dip_jax import io, metrics, nets, operators
 from dip_jax.app import cli, observations, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,9 +59,9 @@ def test_compose_downsample_then_mask_fits_from_the_library():
     observation = np.asarray(op.apply(jnp.asarray(hr), args))
     assert observation.shape == (1, 8, 8, 3) and np.all(observation[0][mask[0, ..., 0] == 0] == 0)
     net = nets.narrow(nets.preset("default"), width=8, scales=3)
-    config = engine.FitConfig(num_steps=40, chunk_size=40, learning_rate=0.01)
-    result = engine.fit(jax.random.key(0), net, config, observation, op=op,
-                        op_args=(kernel[None], mask), ground_truth=hr)
+    config = dj.FitConfig(num_steps=40, chunk_size=40, learning_rate=0.01)
+    result = dj.fit(jax.random.key(0), net, config, observation, op=op,
+                    op_args=(kernel[None], mask), ground_truth=hr)
     assert result.output.shape == (1, 1, 32, 32, 3)  # the net makes the high-resolution image
     loss = np.asarray(result.history["loss"])[:, 0, 0]
     assert loss[-1] < 0.5 * loss[0], loss[[0, -1]]

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.fit import stopping
 from dip_jax.fit.transforms import InitInfo
 
@@ -21,12 +22,12 @@ YS = np.stack([np.broadcast_to(_x[None, :, None], (16, 16, 3)),
                ]).astype(np.float32)
 KEYS = jax.random.split(jax.random.key(7), 4)[jnp.array([0, 2])]
 # Window and patience scaled down from the paper's 100 / 1000 for a 48-step test fit.
-CFG = engine.FitConfig(num_steps=48, chunk_size=8, auto_stop=True, auto_stop_window=4, auto_stop_patience=3,
-                       learning_rate=0.05)
+CFG = dj.FitConfig(num_steps=48, chunk_size=8, auto_stop=True, auto_stop_window=4, auto_stop_patience=3,
+                   learning_rate=0.05)
 
 
 def _fit(keys, ys, mode):
-    return engine.fit(keys, TINY, dataclasses.replace(CFG, batch_mode=mode), ys)
+    return dj.fit(keys, TINY, dataclasses.replace(CFG, batch_mode=mode), ys)
 
 
 # ~40 s each on the loaded 2-core CPU (two compiles): in .ci/run's slow step.
@@ -54,9 +55,9 @@ def test_a_batch_stops_per_item_as_its_items_alone_and_ends_when_all_stopped(mod
 
 
 def test_a_stopped_items_state_is_frozen_and_its_steps_are_skipped():
-    problem, start, data = engine.prepare(KEYS, TINY, dataclasses.replace(CFG, batch_mode="map"), YS)
-    mid, _ = engine.run(problem, start, data, num_steps=24)
-    end, records = engine.run(problem, mid, data, num_steps=24)
+    problem, start, data = dj.prepare(KEYS, TINY, dataclasses.replace(CFG, batch_mode="map"), YS)
+    mid, _ = dj.run(problem, start, data, num_steps=24)
+    end, records = dj.run(problem, mid, data, num_steps=24)
     stopped = np.asarray(mid.transforms["es_wmv"].stopped)
     assert stopped.any()
     i = int(np.argmax(stopped))
@@ -105,6 +106,6 @@ def test_window_variance_equals_numpy_on_a_synthetic_sequence():
 
 def test_bad_window_or_patience_is_refused():
     with pytest.raises(ValueError, match="auto_stop_window"):
-        engine.FitConfig(auto_stop=True, auto_stop_window=1)
+        dj.FitConfig(auto_stop=True, auto_stop_window=1)
     with pytest.raises(ValueError, match="patience"):
         stopping.es_wmv(10, 0)

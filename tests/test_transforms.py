@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.fit import step as step_lib
 from dip_jax.fit.transforms import StepTransform
 from dip_jax.runtime import checkpoint
 
 TINY = nets.narrow(nets.preset("default", num_input_channels=4), width=8, scales=3)
-CFG = engine.FitConfig(num_steps=4, chunk_size=2, reg_noise_std=1 / 30, ema_decay=0.9, backtrack=True)
+CFG = dj.FitConfig(num_steps=4, chunk_size=2, reg_noise_std=1 / 30, ema_decay=0.9, backtrack=True)
 # Item 0 is a flat grey the fresh net already nearly produces (loss far below the
 # threshold at once); item 1 is noise it cannot fit in a few steps.
 YS = np.stack([np.full((16, 16, 3), 0.5, np.float32),
@@ -49,11 +50,11 @@ def _leaves(tree):
 @pytest.mark.parametrize("batch_mode", ["map", "vmap"])
 def test_a_per_item_stopping_rule_freezes_one_item_and_the_other_goes_on(batch_mode):
     cfg = dataclasses.replace(CFG, batch_mode=batch_mode)
-    problem, start, data = engine.prepare(KEYS, TINY, cfg, YS, transforms=[STOP_BELOW])
+    problem, start, data = dj.prepare(KEYS, TINY, cfg, YS, transforms=[STOP_BELOW])
     assert [t.name for t in problem.transforms][-1] == "stop_below"
     # A checkpoint of this fit records the added transform (a resume without it is refused).
     assert checkpoint.fingerprint(problem, data)["transforms"] == ["stop_below"]
-    end, records = engine.run(problem, start, data, num_steps=cfg.num_steps)
+    end, records = dj.run(problem, start, data, num_steps=cfg.num_steps)
     assert records["stopped"][:, 0].all() and not records["stopped"][:, 1].any()
     assert records["loss"][0, 0] < THRESHOLD and (records["loss"][:, 1] > THRESHOLD).all()
     # A state with a `stopped` field is the generic stop: the item's later steps are skipped (NaN records).
@@ -65,7 +66,7 @@ def test_a_per_item_stopping_rule_freezes_one_item_and_the_other_goes_on(batch_m
     np.testing.assert_array_equal(end.step, [1, 4])  # a skipped step does not count
     np.testing.assert_array_equal(end.transforms["stop_below"].stopped, [True, False])
     # ... while item 1 fitted as it does without the rule.
-    _, ref_records = engine.run(*engine.prepare(KEYS, TINY, cfg, YS), num_steps=cfg.num_steps)
+    _, ref_records = dj.run(*dj.prepare(KEYS, TINY, cfg, YS), num_steps=cfg.num_steps)
     np.testing.assert_allclose(records["loss"][:, 1], ref_records["loss"][:, 1], rtol=1e-4)
     moved = [not np.array_equal(a[1], b[1]) for a, b in zip(_leaves(end.params), _leaves(start.params))]
     assert any(moved)
@@ -74,18 +75,18 @@ def test_a_per_item_stopping_rule_freezes_one_item_and_the_other_goes_on(batch_m
 def test_transform_names_must_be_distinct():
     clash = StepTransform("backtrack", _stop_init, _stop_update)
     with pytest.raises(ValueError, match="named"):
-        engine.prepare(KEYS, TINY, CFG, YS, transforms=[clash])
+        dj.prepare(KEYS, TINY, CFG, YS, transforms=[clash])
     with pytest.raises(ValueError, match="StepTransform"):
-        engine.prepare(KEYS, TINY, CFG, YS, transforms=[_stop_update])
+        dj.prepare(KEYS, TINY, CFG, YS, transforms=[_stop_update])
 
 
 def test_tv_as_a_regulariser_gives_the_config_fields_numbers():
     from dip_jax import losses
 
-    cfg = engine.FitConfig(num_steps=2, chunk_size=2, batch_mode="map")
-    by_config = engine.fit(KEYS[:1], TINY, dataclasses.replace(cfg, tv_weight=0.01, tv_beta=0.5), YS[1:])
-    by_argument = engine.fit(KEYS[:1], TINY, cfg, YS[1:], regularisers=[(0.01, losses.TotalVariation(beta=0.5))])
+    cfg = dj.FitConfig(num_steps=2, chunk_size=2, batch_mode="map")
+    by_config = dj.fit(KEYS[:1], TINY, dataclasses.replace(cfg, tv_weight=0.01, tv_beta=0.5), YS[1:])
+    by_argument = dj.fit(KEYS[:1], TINY, cfg, YS[1:], regularisers=[(0.01, losses.TotalVariation(beta=0.5))])
     np.testing.assert_array_equal(by_config.history["loss"], by_argument.history["loss"])
     np.testing.assert_array_equal(by_config.output, by_argument.output)
-    plain = engine.fit(KEYS[:1], TINY, cfg, YS[1:])
+    plain = dj.fit(KEYS[:1], TINY, cfg, YS[1:])
     assert not np.array_equal(plain.history["loss"][0], by_argument.history["loss"][0])

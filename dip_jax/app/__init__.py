@@ -5,7 +5,7 @@ Modules (imports point down this list, and from here to the library):
 `commands`, `batch`, `experiments` (one function per command) -> `checks`
 (inputs and outputs checked before any work) -> `runs` (run folders,
 figures, metrics.json, the report) -> `fitting` (same-shaped samples in one
-`engine.fit` call) -> `task_table`, `tasks` (the tasks as data) ->
+`dj.fit` call) -> `task_table`, `tasks` (the tasks as data) ->
 `measurements` (how each task observes an image, and its operator) ->
 `observations` (loading, synthetic corruption, masks, `Sample`).
 """

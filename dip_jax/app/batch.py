@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dip_jax import engine, io
+import dip_jax as dj
+from dip_jax import io
 from dip_jax.app import ensemble, fitting, measurements, multiprocess, observations, tasks
 from dip_jax.app.checks import FilePlan, UsageError, check_factor, partial_path, refuse_existing, std_outputs
 from dip_jax.app.commands import (
@@ -82,10 +83,7 @@ def _chunks(indices: list[int], batch_size: int) -> list[tuple[int, list[int], l
 
 
 def cmd_batch(args) -> int:
-    import jax
 
-    from dip_jax import operators
-    from dip_jax.runtime import checkpoint
 
     if getattr(args, "processes", None) is not None:
         multiprocess.check(args)
@@ -212,7 +210,7 @@ def _fit_batch(args, group, files: list[Path]) -> int:
                                                  progress=args.progress,
                                                  checkpoint=checkpoint_options(args, out_dir, name=name),
                                                  handle_signals=True)
-        except engine.Interrupted as stop:
+        except dj.Interrupted as stop:
             written = [write_partial(partial_path(outputs[i]), r, loaded[i])
                        for i, r in zip(chunk, stop.results)]
             return interrupted("batch", stop, task, written)

@@ -388,7 +388,7 @@ def _experiment_variant(args, name: str, prog: str):
 
 def _run_experiment(args, task_names, prog: str) -> int:
     """Run an experiment's tasks; one error line (exit 2) or the interruption's line (exit 130)."""
-    from dip_jax import engine
+    import dip_jax as dj
 
     try:
         return experiments.run(args, task_names)
@@ -396,7 +396,7 @@ def _run_experiment(args, task_names, prog: str) -> int:
         message = " ".join(str(getattr(err, "cli_message", None) or err).split())
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
-    except engine.Interrupted as stop:
+    except dj.Interrupted as stop:
         where = (f"checkpoint {str(stop.checkpoint_path)!r}; run the same command with --resume to continue"
                  if stop.checkpoint_path is not None else "no checkpoint (use --checkpoint-every N to be able to resume)")
         print(f"{prog}: interrupted after step {stop.step}; partial results written as result.partial.png; {where}",

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dip_jax import engine, io, nets
+import dip_jax as dj
+from dip_jax import io, nets
 from dip_jax.app import checks, ensemble, fitting, measurements, observations, runs, tasks
 from dip_jax.app.checks import (
     FilePlan,
@@ -232,7 +233,7 @@ def _fit_and_write(args, command: str, task, sample, loaded, *, source: str, key
         with announce_fresh_start(command):
             (result,) = fitting.fit_samples(key, task, [sample], restarts=args.restarts, progress=args.progress,
                                                checkpoint=checkpoint_options(args, ckpt_dir), handle_signals=True)
-    except engine.Interrupted as stop:
+    except dj.Interrupted as stop:
         return interrupted(command, stop, task, [write_partial(partial_path(out), stop.results[0], loaded)])
     seconds = time.perf_counter() - t0
     save(out, result.restored, loaded)
@@ -395,7 +396,7 @@ def cmd_demo(args) -> int:
             (result,) = fitting.fit_samples(k_fit, task, [sample], restarts=args.restarts,
                                                progress=args.progress, checkpoint=checkpoint_options(args, out),
                                                handle_signals=True)
-    except engine.Interrupted as stop:
+    except dj.Interrupted as stop:
         return interrupted("demo", stop, task, [write_partial(out / "restored.partial.png", stop.results[0])])
     seconds = time.perf_counter() - t0
     found = runs.write_run(out, task, sample, result,

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from dip_jax.runtime import checkpoint as checkpoint_lib
-from dip_jax import engine, io
+import dip_jax as dj
+from dip_jax import io
 from dip_jax.app import fitting, observations, runs, tasks
 from dip_jax.app.commands import fit_options
 
@@ -145,7 +146,7 @@ def run(args, task_names) -> int:
                     results = fitting.fit_samples(k_fit, task, samples, restarts=args.restarts, progress=progress,
                                                   classifier=classifier, checkpoint=checkpoint,
                                                   handle_signals=True if checkpoint is not None else None)
-            except engine.Interrupted as stop:
+            except dj.Interrupted as stop:
                 options = {"quick": args.quick, "seed": args.seed, "restarts": args.restarts,
                            "backend": jax.default_backend(), "weights": weights_note}
                 for sample, result, partial in zip(samples, stop.results, stop.partial):

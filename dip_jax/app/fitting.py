@@ -3,7 +3,7 @@
 Contract:
 - `fit_samples(key, task, samples, *, restarts=1, progress=False, classifier=None, callback=None,
   checkpoint=None, handle_signals=None)` fits every sample: samples of the
-  same shape go through ONE `engine.fit` call (vmapped or mapped over
+  same shape go through ONE `dj.fit` call (vmapped or mapped over
   images x restarts). The task's measurement (`task.operator.fit_inputs`)
   gives the operator, the observations (padded to the net's size multiple:
   reflection, masks with 0 = unknown) and the other engine arguments.
@@ -12,7 +12,7 @@ Contract:
   which samples share its call: what a multi-process batch relies on).
 - `checkpoint` (a `CheckpointOptions`) checkpoints each shape group to its
   own file and resumes from it. On SIGINT/SIGTERM (`handle_signals`,
-  default: when checkpointing) the engine's `engine.Interrupted` propagates
+  default: when checkpointing) the engine's `dj.Interrupted` propagates
   with two more attributes: `results[i]`, sample i's `SampleResult` (final
   for groups that had finished, the state so far for the stopped group,
   `partial[i]` True; None for groups not started) and `partial`.
@@ -32,7 +32,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from dip_jax import engine
+import dip_jax as dj
+from dip_jax.fit.problem import Problem
 
 
 @dataclasses.dataclass
@@ -141,10 +142,10 @@ def fit_samples(
             run_options.update(checkpointer=checkpoint.checkpointer(g, len(groups)), resume=checkpoint.resume)
         inputs = task.operator.fit_inputs(task, group, shared)
         try:
-            result = engine.fit(_group_keys(key, g, indices, restarts), task.net, task.fit, inputs.observation,
-                                op=inputs.op,
-                                restarts=restarts, progress=progress, **run_options, **inputs.kwargs)
-        except engine.Interrupted as stop:
+            result = dj.fit(_group_keys(key, g, indices, restarts), task.net, task.fit, inputs.observation,
+                            op=inputs.op,
+                            restarts=restarts, progress=progress, **run_options, **inputs.kwargs)
+        except dj.Interrupted as stop:
             # One exception carries everything: the engine's, with every sample's result so far.
             if stop.result is not None:
                 for i, r in zip(indices, _sample_results(stop.result, len(group), restarts, inputs.window)):
@@ -182,7 +183,7 @@ def check_memory(task, samples: Sequence, *, restarts: int = 1, devices=None) ->
     group = task.fit.vmap_group_size if batch_mode == "vmap" else None
     if batch_mode == "vmap" and group is None:
         group = 1
-    problem = engine.Problem(task.net, task.fit, None, None, None, False, batch_mode)
+    problem = Problem(task.net, task.fit, None, None, None, False, batch_mode)
     estimate = memory.estimate_fit(task.net, task.fit, size, len(samples) * restarts, batch_mode=batch_mode,
                                    tx=problem.tx, num_devices=len(devs), images=len(samples), restarts=restarts,
                                    group_size=group)

@@ -7,7 +7,7 @@ A task holds one measurement object (`TaskConfig.operator`). Its contract:
   truth, mask, kernel, baselines, reference) from the clean `image`
   (float32 (H, W, C) in [0, 1]); synthetic corruptions draw from `key`.
 - `fit_inputs(task, samples, shared) -> FitInputs`: the operator, the stacked
-  observations and the other `engine.fit` arguments for same-shaped samples,
+  observations and the other `dj.fit` arguments for same-shaped samples,
   and the window that crops the net's output back to the samples.
 - `sample_metrics(task, sample, result)`: the task-specific entries of
   metrics.json.
@@ -34,7 +34,7 @@ from dip_jax.app import observations
 
 @dataclasses.dataclass
 class FitInputs:
-    """What one `engine.fit` call of a shape group needs, besides the key, net and fit config."""
+    """What one `dj.fit` call of a shape group needs, besides the key, net and fit config."""
 
     op: Any
     observation: np.ndarray  # (N, h, w, c) or the classifier's outputs

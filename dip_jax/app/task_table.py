@@ -6,13 +6,14 @@ says so.
 
 import dataclasses
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.app.measurements import Blurring, Direct, Downsampling, Features, MaskFile, RandomMask, UnitActivation
 from dip_jax.app.tasks import TASKS, DataSource, PaperNumber, PixelsConfig, QuickSettings, TaskConfig
 from dip_jax.nets.resnet import ResNetConfig
 from dip_jax.nets.unet import UNetConfig
 
-_FIT = engine.FitConfig
+_FIT = dj.FitConfig
 _ASTRONAUT = (DataSource("data:astronaut_128.png"), DataSource("sample:astronaut"))
 
 # Paper numbers (ORIGINAL.md, "Paper numbers"); dataset means, not per image.

@@ -2,7 +2,7 @@
 
 Contract:
 - `TASKS` (filled by `dip_jax.app.task_table`) maps a task name to its
-  `TaskConfig`: the generator config, the `engine.FitConfig` (steps,
+  `TaskConfig`: the generator config, the `dj.FitConfig` (steps,
   learning rate, input type, regularisers), the measurement that makes the
   observation and holds the operator's settings (`operator`, an object of
   `dip_jax.app.measurements`), where its default images come from
@@ -35,7 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dip_jax import engine, nets
+import dip_jax as dj
+from dip_jax import nets
 from dip_jax.app.observations import DEGRADATIONS
 
 # --------------------------------------------------------------------------- the "no prior" generator
@@ -145,7 +146,7 @@ class TaskConfig:
     title: str
     notebook: str
     net: Any
-    fit: engine.FitConfig
+    fit: dj.FitConfig
     # The measurement: how the observation is made and which operator explains it
     # (dip_jax.app.measurements), with its settings (noise sigma, factor, mask, classifier layer...).
     operator: Any

@@ -452,7 +452,7 @@ def restore_state(checkpoint: Checkpoint, template):
 class Checkpointer:
     """Where and how often a fit checkpoints: `directory/ckpt.npz` every `every` steps.
 
-    Pass it to `engine.fit(..., checkpointer=...)` or `engine.run(...)`. The
+    Pass it to `dj.fit(..., checkpointer=...)` or `dj.run(...)`. The
     engine also saves at the end of a run and when SIGINT/SIGTERM stops it.
     """
 

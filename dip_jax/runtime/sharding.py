@@ -23,7 +23,7 @@ Contract:
 
       jax.distributed.initialize()
       share = sharding.process_share(len(paths))
-      result = engine.fit(keys[share], net, cfg, images[share])
+      result = dj.fit(keys[share], net, cfg, images[share])
 
 """
 
