@@ -31,6 +31,15 @@ def shared_xla_cache(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def env(shared_xla_cache) -> dict:
+    """Environment for `dip-jax` subprocesses: this session's XLA cache, no compile-cache override."""
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(shared_xla_cache)
+    env.pop("DIP_JAX_COMPILE_CACHE", None)
+    return env
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _in_process_xla_cache(shared_xla_cache):
     """The in-process fits use the shared cache too: both workers fit the same tiny problems."""

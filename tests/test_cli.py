@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +24,6 @@ from dip_jax.app import cli, commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
-
-
-@pytest.fixture(scope="module")
-def env(shared_xla_cache):
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(shared_xla_cache)
-    env.pop("DIP_JAX_COMPILE_CACHE", None)
-    return env
 
 
 @pytest.fixture(scope="module")

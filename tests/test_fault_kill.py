@@ -18,7 +18,6 @@ only the first run of each problem compiles.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -34,14 +33,6 @@ from dip_jax.runtime import checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 120
 EVERY = 10
-
-
-@pytest.fixture(scope="module")
-def env(shared_xla_cache):
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(shared_xla_cache)
-    env.pop("DIP_JAX_COMPILE_CACHE", None)
-    return env
 
 
 @pytest.fixture(scope="module")
