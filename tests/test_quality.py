@@ -23,6 +23,13 @@ def test_every_new_generator_preset_has_a_row_and_rows_are_one_entry_each():
     for preset in ("deep_decoder", "convdecoder", "attention_unet", "texture_nets", "dcgan"):
         assert preset in nets.PRESETS and any(v.net == preset for v in quality.VARIANTS), preset
     assert any(v.restarts == 4 for v in quality.VARIANTS)
+    from dip_jax.app import tasks
+
+    # Each change row switches on what it names, and only that.
+    base = tasks.task("denoising")
+    changed = {v.key: v.change(base).fit for v in quality.VARIANTS if v.change is not None}
+    assert changed["tv"].tv_weight == quality.TV_WEIGHT > 0 and base.fit.tv_weight == 0
+    assert changed["es_wmv"].auto_stop and changed["sgld"].sgld
     with pytest.raises(ValueError, match="--variant 'nope'"):
         quality.find_variants(["nope"])
     assert [v.key for v in quality.find_variants(["ensemble", "default"])] == ["ensemble", "default"]

@@ -50,6 +50,10 @@ class Variant:
     change: Callable | None = None  # task -> task (FitConfig fields of a stopping rule, a sampler ...)
 
 
+# TV is summed over pixels (the original's tv_loss): at 64 px with sigma 25 noise, 1e-6 x TV is about a tenth
+# of the data term at the noise level.
+TV_WEIGHT = 1e-6
+
 VARIANTS: tuple[Variant, ...] = (
     Variant("default", "paper default (skip net)", "Ulyanov et al., CVPR 2018"),
     Variant("deep_decoder", "Deep Decoder", "Heckel & Hand, ICLR 2019", net="deep_decoder"),
@@ -62,7 +66,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("es_wmv", "ES-WMV auto-stop (steps = the maximum)", "Wang et al., TMLR 2023",
             change=lambda task: _es_wmv(task)),
     Variant("sgld", "SGLD posterior mean", "Cheng et al., CVPR 2019", change=lambda task: _sgld(task)),
+    Variant("tv", f"DIP-TV (TV weight {TV_WEIGHT:g})", "Liu et al. 2019", change=lambda task: _tv(task)),
 )
+
+
+def _tv(task):
+    return dataclasses.replace(task, fit=dataclasses.replace(task.fit, tv_weight=TV_WEIGHT))
 
 
 def _es_wmv(task):
