@@ -247,3 +247,30 @@ def test_attention_unet_denoises_a_small_image():
     psnr, noisy_psnr, loss = _denoise(config, 300, 0.005)
     assert np.isfinite(loss).all()
     assert psnr > noisy_psnr + 1.0
+
+
+def test_tasks_cap_the_learning_rate_for_nets_unstable_at_the_papers():
+    from dip_jax.app import tasks
+
+    task = tasks.task("denoising")
+    assert task.fit.learning_rate == 0.01
+    for name in ("convdecoder", "attention_unet"):
+        capped = task.with_net(nets.preset(name))
+        assert capped.fit.learning_rate == 0.001 and capped.net == nets.preset(name)
+        # An explicit rate (the CLI's --lr comes after the net) still wins; a lower task rate stays.
+        assert capped.with_steps(None, 0.005).fit.learning_rate == 0.005
+        slow = task.with_steps(None, 1e-4).with_net(nets.preset(name))
+        assert slow.fit.learning_rate == 1e-4
+    for name in ("default", "deep_decoder", "texture_nets", "dcgan"):
+        assert task.with_net(nets.preset(name)).fit.learning_rate == 0.01
+
+
+def test_the_cli_applies_the_cap_and_an_explicit_lr_overrides_it():
+    from dip_jax.app import cli, commands, tasks
+
+    parse = cli.build_parser().parse_args
+    args = parse(["denoise", "x.png", "--net", "convdecoder"])
+    assert commands.configure(tasks.task("denoising"), args, channels=3).fit.learning_rate == 0.001
+    args = parse(["denoise", "x.png", "--net", "convdecoder", "--lr", "0.02"])
+    assert commands.configure(tasks.task("denoising"), args, channels=3).fit.learning_rate == 0.02
+    assert commands.demo_task(net="attention_unet").fit.learning_rate == 0.001

@@ -127,7 +127,8 @@ def _common(p: argparse.ArgumentParser, *task_names: str) -> None:
     g.add_argument("--steps", type=positive_int, metavar="N",
                    help="optimisation steps (default: the paper's, above; with --resume, more steps than the "
                         "checkpoint's continue it)")
-    g.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate (default: the paper's, above)")
+    g.add_argument("--lr", type=positive_float, metavar="LR",
+                   help="learning rate (default: the paper's, above; --net convdecoder and attention_unet cap it at 0.001)")
     g.add_argument("--net", metavar="PRESET", choices=sorted(nets.PRESETS),
                    help=f"generator preset, one of: {', '.join(sorted(nets.PRESETS))}")
     g.add_argument("--restarts", type=positive_int, default=1, metavar="R",

@@ -58,7 +58,7 @@ def configure(task: tasks.TaskConfig, args, *, channels: int, guide_channels: in
     if args.quick:
         task = task.quick_variant()
     net = _adapt_net(task.net, channels=channels, input_channels=guide_channels, preset_name=args.net)
-    task = dataclasses.replace(task, net=net, channels=channels, **changes)
+    task = dataclasses.replace(task.with_net(net), channels=channels, **changes)
     return fit_options(task.with_steps(args.steps, args.lr), args)
 
 
@@ -423,7 +423,7 @@ def demo_task(*, quick: bool = False, net: str | None = None, steps: int | None 
         fit = dataclasses.replace(base.fit, num_steps=DEMO_STEPS, chunk_size=100)
         task = dataclasses.replace(base, net=nets.narrow(base.net, width=16, scales=3), fit=fit)
     if net is not None:
-        task = dataclasses.replace(task, net=nets.preset(net, num_output_channels=3))
+        task = task.with_net(nets.preset(net, num_output_channels=3))
     task = dataclasses.replace(task, name="demo", title="Demo: denoising a built-in photo")
     return task.with_steps(steps, lr)
 

@@ -21,7 +21,8 @@ Contract:
 The baseline is the denoising task of the paper (`tasks.task('denoising')`:
 its skip net, learning rate, input noise, output averaging, backtracking);
 `width` / `scales` narrow its skip net (`nets.narrow`) so a CPU can run it;
-the generator rows use their presets as they are.
+the generator rows use their presets as they are (and `TaskConfig.with_net`'s
+learning-rate cap, ConvDecoder's 0.001).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _task(variant: Variant, *, steps: int, width: int | None, scales: int | None
     net = base.net if width is None else nets.narrow(base.net, width=width, scales=scales)
     if variant.net is not None:
         net = nets.preset(variant.net, num_output_channels=3)
-    task = dataclasses.replace(base, net=net).with_steps(steps)
+    task = base.with_net(net).with_steps(steps)
     return variant.change(task) if variant.change is not None else task
 
 

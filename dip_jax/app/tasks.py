@@ -198,6 +198,15 @@ class TaskConfig:
         )
         return dataclasses.replace(self, net=net, fit=fit, operator=self.operator.quick(q))
 
+    def with_net(self, net) -> "TaskConfig":
+        """The task with another generator; the learning rate is capped by the generator's
+        `learning_rate_cap` when its config class has one (a net that is unstable at the task's rate)."""
+        cap = getattr(net, "learning_rate_cap", None)
+        fit = self.fit
+        if cap is not None and fit.learning_rate > cap:
+            fit = dataclasses.replace(fit, learning_rate=cap)
+        return dataclasses.replace(self, net=net, fit=fit)
+
     def with_steps(self, num_steps: int | None = None, learning_rate: float | None = None) -> "TaskConfig":
         """The task with another step count and/or learning rate (None keeps the task's)."""
         fit = self.fit

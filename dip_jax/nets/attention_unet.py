@@ -34,6 +34,10 @@ class AttentionUNetConfig(UNetConfig):
     """`UNetConfig`'s fields and defaults; the gates have no options."""
 
     kind = "attention_unet"
+    # Tasks cap their learning rate here (`TaskConfig.with_net`): the original fits its UNet at 0.001
+    # (large-hole inpainting); at denoising's 0.01 this BatchNorm U-Net does not converge
+    # (docs/performance.md, "Learning-rate caps").
+    learning_rate_cap = 1e-3
 
     def gate_channels(self) -> list[tuple[int, int, int]]:
         """(F_x, F_g, F_int) of each gate, deepest first."""

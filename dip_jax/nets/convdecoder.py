@@ -46,6 +46,9 @@ class ConvDecoderConfig:
     need_sigmoid: bool = False
 
     kind = "convdecoder"
+    # Tasks cap their learning rate here (`TaskConfig.with_net`): at the paper's 0.01 Adam makes this
+    # 256-channel net oscillate (docs/performance.md, "Learning-rate caps").
+    learning_rate_cap = 1e-3
 
     def __post_init__(self):
         for name in ("num_input_channels", "num_output_channels", "channels", "num_layers", "kernel_size"):
