@@ -73,3 +73,22 @@ def test_a_three_step_fit_with_a_perceptual_regulariser(params):
     assert np.isfinite(loss).all()
     # The loss is the MSE (from the data-fit PSNR) plus the positive perceptual term.
     assert (loss > 10 ** (-psnr_fit / 10) * 1.001).all()
+
+
+@pytest.mark.slow  # ~1 min: writes a random VGG-16 file and runs 3 short batched fits
+def test_the_measurement_script_prints_one_row_per_objective(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "perceptual.py"
+    out = tmp_path / "perceptual.json"
+    done = subprocess.run([sys.executable, str(script), "--steps", "2", "--size", "32", "--weight", "0.1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "random He-normal weights (not a pretrained VGG)" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["mse", "mse + 0.1 * perceptual", "perceptual"]
+    for row in rows.values():
+        assert len(row["psnr"]) == 5 and np.isfinite(row["psnr"]).all()
