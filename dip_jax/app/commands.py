@@ -58,7 +58,8 @@ def configure(task: tasks.TaskConfig, args, *, channels: int, guide_channels: in
     if args.quick:
         task = task.quick_variant()
     net = _adapt_net(task.net, channels=channels, input_channels=guide_channels, preset_name=args.net)
-    task = dataclasses.replace(task.with_net(net), channels=channels, **changes)
+    # Net and channels change together (a task checks that they agree); then the net's learning-rate cap.
+    task = dataclasses.replace(task, net=net, channels=channels, **changes).with_net(net)
     return fit_options(task.with_steps(args.steps, args.lr), args)
 
 
