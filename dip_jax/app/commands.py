@@ -58,8 +58,8 @@ def configure(task: tasks.TaskConfig, args, *, channels: int, guide_channels: in
     if args.quick:
         task = task.quick_variant()
     net = _adapt_net(task.net, channels=channels, input_channels=guide_channels, preset_name=args.net)
-    # Net and channels change together (a task checks that they agree); then the net's learning-rate cap.
-    task = dataclasses.replace(task, net=net, channels=channels, **changes).with_net(net)
+    # Net and channels change together: a task checks that they agree.
+    task = task.with_net(net, channels=channels, **changes)
     return fit_options(task.with_steps(args.steps, args.lr), args)
 
 
@@ -77,19 +77,10 @@ def check_fit_options(args) -> None:
 def fit_options(task: tasks.TaskConfig, args) -> tasks.TaskConfig:
     """--auto-stop (window, patience), --sgld (burn-in) and --tv-weight on the task's FitConfig."""
     check_fit_options(args)
-    changes = {}
-    if getattr(args, "auto_stop", False):
-        changes["auto_stop"] = True
-    if getattr(args, "auto_stop_window", None) is not None:
-        changes["auto_stop_window"] = args.auto_stop_window
-    if getattr(args, "auto_stop_patience", None) is not None:
-        changes["auto_stop_patience"] = args.auto_stop_patience
-    if getattr(args, "sgld", False):
-        changes["sgld"] = True
-    if getattr(args, "sgld_burn_in", None) is not None:
-        changes["sgld_burn_in"] = args.sgld_burn_in
-    if getattr(args, "tv_weight", None) is not None:
-        changes["tv_weight"] = args.tv_weight
+    # Each option is the FitConfig field of its name; unset ones (None, or False for a switch) keep the task's.
+    names = ("auto_stop", "auto_stop_window", "auto_stop_patience", "sgld", "sgld_burn_in", "tv_weight")
+    given = {name: getattr(args, name, None) for name in names}
+    changes = {name: value for name, value in given.items() if value is not None and value is not False}
     return dataclasses.replace(task, fit=dataclasses.replace(task.fit, **changes)) if changes else task
 
 

@@ -198,14 +198,15 @@ class TaskConfig:
         )
         return dataclasses.replace(self, net=net, fit=fit, operator=self.operator.quick(q))
 
-    def with_net(self, net) -> "TaskConfig":
+    def with_net(self, net, **changes) -> "TaskConfig":
         """The task with another generator; the learning rate is capped by the generator's
-        `learning_rate_cap` when its config class has one (a net that is unstable at the task's rate)."""
+        `learning_rate_cap` when its config class has one (a net that is unstable at the task's rate).
+        `changes`: other fields that change with the net (e.g. `channels`), set in the same step."""
         cap = getattr(net, "learning_rate_cap", None)
         fit = self.fit
         if cap is not None and fit.learning_rate > cap:
             fit = dataclasses.replace(fit, learning_rate=cap)
-        return dataclasses.replace(self, net=net, fit=fit)
+        return dataclasses.replace(self, net=net, fit=fit, **changes)
 
     def with_steps(self, num_steps: int | None = None, learning_rate: float | None = None) -> "TaskConfig":
         """The task with another step count and/or learning rate (None keeps the task's)."""
