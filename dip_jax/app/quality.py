@@ -21,8 +21,8 @@ Contract:
 The baseline is the denoising task of the paper (`tasks.task('denoising')`:
 its skip net, learning rate, input noise, output averaging, backtracking);
 `width` / `scales` narrow its skip net (`nets.narrow`) so a CPU can run it;
-the generator rows use their presets as they are (and `TaskConfig.with_net`'s
-learning-rate cap, ConvDecoder's 0.001).
+the generator rows use their presets as they are, with `TaskConfig.with_net`'s
+learning-rate cap (0.001 for ConvDecoder and the attention U-Net).
 """
 
 from __future__ import annotations
@@ -55,21 +55,6 @@ class Variant:
 # of the data term at the noise level.
 TV_WEIGHT = 1e-6
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("default", "paper default (skip net)", "Ulyanov et al., CVPR 2018"),
-    Variant("deep_decoder", "Deep Decoder", "Heckel & Hand, ICLR 2019", net="deep_decoder"),
-    Variant("convdecoder", "ConvDecoder", "Darestani & Heckel 2021", net="convdecoder"),
-    Variant("attention_unet", "attention U-Net", "Oktay et al. 2018 (gates on the original's UNet)",
-            net="attention_unet"),
-    Variant("texture_nets", "texture_nets", "the original's get_net('texture_nets')", net="texture_nets"),
-    Variant("dcgan", "DCGAN decoder", "the original's models/dcgan.py", net="dcgan"),
-    Variant("ensemble", "ensemble R=4", "mean of 4 restarts of the default", restarts=4),
-    Variant("es_wmv", "ES-WMV auto-stop (steps = the maximum)", "Wang et al., TMLR 2023",
-            change=lambda task: _es_wmv(task)),
-    Variant("sgld", "SGLD posterior mean", "Cheng et al., CVPR 2019", change=lambda task: _sgld(task)),
-    Variant("tv", f"DIP-TV (TV weight {TV_WEIGHT:g})", "Liu et al. 2019", change=lambda task: _tv(task)),
-)
-
 
 def _tv(task):
     return dataclasses.replace(task, fit=dataclasses.replace(task.fit, tv_weight=TV_WEIGHT))
@@ -88,6 +73,23 @@ def _sgld(task):
     n = task.fit.num_steps
     return dataclasses.replace(task, fit=dataclasses.replace(
         task.fit, sgld=True, sgld_burn_in=min(7000, n // 2), sgld_every=max(1, min(50, n // 40))))
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("default", "paper default (skip net)", "Ulyanov et al., CVPR 2018"),
+    Variant("deep_decoder", "Deep Decoder", "Heckel & Hand, ICLR 2019", net="deep_decoder"),
+    Variant("convdecoder", "ConvDecoder", "Darestani & Heckel 2021", net="convdecoder"),
+    Variant("attention_unet", "attention U-Net", "Oktay et al. 2018 (gates on the original's UNet)",
+            net="attention_unet"),
+    Variant("texture_nets", "texture_nets", "the original's get_net('texture_nets')", net="texture_nets"),
+    Variant("dcgan", "DCGAN decoder", "the original's models/dcgan.py", net="dcgan"),
+    Variant("ensemble", "ensemble R=4", "mean of 4 restarts of the default", restarts=4),
+    Variant("es_wmv", "ES-WMV auto-stop (steps = the maximum)", "Wang et al., TMLR 2023",
+            change=_es_wmv),
+    Variant("sgld", "SGLD posterior mean", "Cheng et al., CVPR 2019", change=_sgld),
+    Variant("tv", f"DIP-TV (TV weight {TV_WEIGHT:g})", "Liu et al. 2019", change=_tv),
+)
+
 
 # The original's clean photos used when its data folder is present (relative to it).
 DIP_DATA_IMAGES = ("denoising/F16_GT.png", "sr/zebra_GT.png", "restoration/barbara.png", "inpainting/kate.png")
