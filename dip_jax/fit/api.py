@@ -215,11 +215,11 @@ def _run_placed(problem, state, data, *, num_steps, shared, callback, progress, 
         callback=callback, progress=progress, checkpointer=checkpointer, fingerprint=fingerprint,
         start_step=start_step, history=history, handle_signals=handle_signals,
         images=lambda state_d, data_d: _images(problem, state_d, data_d, placement), postfix=_postfix,
-        all_stopped=_all_stopped(problem, state, placement),
+        all_stopped=_all_stopped(state, placement),
     )
 
 
-def _all_stopped(problem: Problem, state: FitState, placement):
+def _all_stopped(state: FitState, placement):
     """The host check that ends a fit whose items have all stopped; None when no item can stop."""
     if stop_flag(state) is None:
         return None
