@@ -85,27 +85,25 @@ def main(argv=None) -> int:
 
     rows = {}
 
-    def measure(label, **kwargs):
-        t0 = time.time()
-        result = dj.fit(key, task.net, cfg, y, ground_truth=gt, **kwargs)
-        psnr = [float(metrics.psnr(r, g)) for r, g in zip(result.restored, gt)]
+    def measure(label, calls):
+        """One row: `calls` lists (items, dj.fit keyword arguments); every item is fitted once."""
+        t0, psnr = time.time(), []
+        for items, kwargs in calls:
+            result = dj.fit(key[items], task.net, cfg, y[items], ground_truth=gt[items], **kwargs)
+            psnr += [float(metrics.psnr(r, g)) for r, g in zip(result.restored, gt[items])]
         rows[label] = {"psnr": psnr, "mean": float(np.mean(psnr)), "seconds": time.time() - t0}
         print(f"{label}: {np.mean(psnr):.2f} dB ({time.time() - t0:.0f} s)", flush=True)
 
-    measure("mse")
+    every = slice(None)
+    measure("mse", [(every, {})])
     # The reference is one image per fit; fit each image on its own for the regulariser rows.
     for w in args.weight:
-        per = []
-        t0 = time.time()
-        for i in range(len(names)):
-            result = dj.fit(key[i:i + 1], task.net, cfg, y[i:i + 1], ground_truth=gt[i:i + 1],
-                            regularisers=[(w, reg)], shared={"vgg": params, "reference": y[i:i + 1]})
-            per.append(float(metrics.psnr(result.restored[0], gt[i])))
-        rows[f"mse + {w:g} * perceptual"] = {"psnr": per, "mean": float(np.mean(per)), "seconds": time.time() - t0}
-        print(f"mse + {w:g} * perceptual: {np.mean(per):.2f} dB ({time.time() - t0:.0f} s)", flush=True)
+        measure(f"mse + {w:g} * perceptual",
+                [(slice(i, i + 1), {"regularisers": [(w, reg)], "shared": {"vgg": params, "reference": y[i:i + 1]}})
+                 for i in range(len(names))])
     if not args.no_data_term:
         data_term = dataclasses.replace(reg, against="target", params_key=None)
-        measure("perceptual", loss_fn=data_term, shared=params)
+        measure("perceptual", [(every, {"loss_fn": data_term, "shared": params})])
     base = np.asarray(rows["mse"]["psnr"])
     print(f"\nDenoising sigma 25, {args.size} px crops of {len(clean)} photos x {args.seeds} seed(s), "
           f"{args.steps} steps of the quick denoising net; VGG-16 {', '.join(args.layers)}: {source}.")
